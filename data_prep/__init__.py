@@ -1,0 +1,1 @@
+"""Raw event logs -> canonical events -> prepared, leakage-free datasets (Polars)."""

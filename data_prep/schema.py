@@ -1,0 +1,120 @@
+"""The canonical event schema and its validation.
+
+Canonical events are one row per exposure with the columns
+
+    user_id, item_id     ids (any integer or string type)
+    ts                   integer timestamp in milliseconds
+    <categorical>        optional context features (ids, e.g. position, device)
+    <numeric>            optional numeric context features
+    <task>               one label column per task (binary: 0/1, regression: finite float)
+    <cohort>             optional user-cohort columns (categorical, e.g. activity level)
+
+Which optional columns exist is described by an :class:`EventSpec`, built from the data config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import polars as pl
+
+USER, ITEM, TS = "user_id", "item_id", "ts"
+TaskKind = Literal["binary", "regression"]
+TRANSFORMS = ("none", "log1p")
+
+
+class SchemaError(ValueError):
+    """Raised when events do not follow the canonical schema; the message names column and rows."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One prediction task: its label column, kind, loss weight and regression target transform."""
+
+    name: str
+    kind: TaskKind = "binary"
+    weight: float = 1.0
+    transform: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("binary", "regression"):
+            raise SchemaError(f"task '{self.name}': kind must be 'binary' or 'regression', got '{self.kind}'")
+        if self.transform not in TRANSFORMS:
+            raise SchemaError(f"task '{self.name}': transform must be one of {TRANSFORMS}, got '{self.transform}'")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """Which columns of the canonical events are tasks, features and cohorts."""
+
+    tasks: tuple[TaskSpec, ...]
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    cohorts: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_config(cls, tasks: dict, categorical=(), numeric=(), cohorts=()) -> EventSpec:
+        """Build from plain config: ``tasks`` maps name -> {kind, weight, transform}."""
+        if not tasks:
+            raise SchemaError("data.tasks is empty: at least one task label column is needed")
+        specs = tuple(TaskSpec(name=str(n), **dict(t or {})) for n, t in tasks.items())
+        return cls(specs, tuple(categorical or ()), tuple(numeric or ()), tuple(cohorts or ()))
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def binary_tasks(self) -> list[str]:
+        return [t.name for t in self.tasks if t.kind == "binary"]
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": {t.name: {k: v for k, v in asdict(t).items() if k != "name"} for t in self.tasks},
+            "categorical": list(self.categorical),
+            "numeric": list(self.numeric),
+            "cohorts": list(self.cohorts),
+        }
+
+
+def _rows(df: pl.DataFrame, mask: pl.Expr, col: str, limit: int = 5) -> str:
+    bad = df.with_row_index("row").filter(mask).select("row", col).head(limit)
+    return ", ".join(f"row {r}: {v!r}" for r, v in bad.iter_rows())
+
+
+def validate(df: pl.DataFrame, spec: EventSpec) -> None:
+    """Check ``df`` against the canonical schema; raise :class:`SchemaError` naming column and rows."""
+    if df.height == 0:
+        raise SchemaError("the event log is empty: no rows to prepare")
+    needed = [USER, ITEM, TS, *spec.task_names, *spec.categorical, *spec.numeric, *spec.cohorts]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise SchemaError(f"missing column(s) {missing}; the events have {df.columns}")
+    if not df.schema[TS].is_integer():
+        raise SchemaError(f"column '{TS}' must be an integer timestamp in ms, got {df.schema[TS]}")
+    for col in [USER, ITEM, TS, *spec.task_names, *spec.categorical]:
+        if df[col].null_count():
+            raise SchemaError(f"column '{col}' has {df[col].null_count()} null(s): {_rows(df, pl.col(col).is_null(), col)}")
+    for t in spec.tasks:
+        dtype = df.schema[t.name]
+        if not (dtype.is_numeric() or dtype == pl.Boolean):
+            raise SchemaError(f"task column '{t.name}' must be numeric, got {dtype}")
+        if t.kind == "binary":
+            bad = ~pl.col(t.name).cast(pl.Float64).is_in([0.0, 1.0])
+            if df.select(bad.any()).item():
+                raise SchemaError(f"binary task column '{t.name}' must hold 0/1: {_rows(df, bad, t.name)}")
+        else:
+            bad = ~pl.col(t.name).cast(pl.Float64).is_finite()
+            if df.select(bad.any()).item():
+                raise SchemaError(f"regression task column '{t.name}' has non-finite values: {_rows(df, bad, t.name)}")
+            if t.transform == "log1p" and df.select((pl.col(t.name) < 0).any()).item():
+                raise SchemaError(f"task '{t.name}' uses transform log1p but has negative values: "
+                                  f"{_rows(df, pl.col(t.name) < 0, t.name)}")
+    for col in spec.numeric:
+        dtype = df.schema[col]
+        if not dtype.is_numeric():
+            raise SchemaError(f"numeric feature column '{col}' must be numeric, got {dtype}")
+        bad = pl.col(col).is_not_null() & ~pl.col(col).cast(pl.Float64).is_finite()
+        if df.select(bad.any()).item():
+            raise SchemaError(f"numeric feature column '{col}' has NaN or infinite values: {_rows(df, bad, col)}")

@@ -1,0 +1,32 @@
+"""Vocabularies and normalisation statistics, fitted on the train split only."""
+
+from __future__ import annotations
+
+import polars as pl
+
+PAD, OOV = 0, 1  # index 0 pads histories, 1 holds ids unseen in train; known ids start at 2
+
+
+def fit_vocab(train: pl.DataFrame, col: str) -> pl.DataFrame:
+    """Map each distinct train value of ``col`` to an index >= 2, in first-seen order.
+
+    Returns a frame ``(col, "<col>_idx")`` to join onto events.
+    """
+    values = train.select(pl.col(col).unique(maintain_order=True))
+    return values.with_columns(pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"))
+
+
+def encode(df: pl.DataFrame, vocab: pl.DataFrame, col: str) -> pl.Series:
+    """Vocabulary index of every row of ``df[col]``; values missing from ``vocab`` map to OOV."""
+    out = df.select(col).join(vocab, on=col, how="left", maintain_order="left")
+    return out[f"{col}_idx"].fill_null(OOV).alias(f"{col}_idx")
+
+
+def fit_standardizer(train: pl.DataFrame, cols: list[str]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation (>0) of each numeric column on train."""
+    stats = {}
+    for c in cols:
+        x = train[c].cast(pl.Float64)
+        mean, std = x.mean(), x.std()
+        stats[c] = (float(mean or 0.0), float(std) if std and std > 0 else 1.0)
+    return stats

@@ -1,0 +1,1 @@
+"""mose: multi-task mixture-of-experts models for user activity streams."""

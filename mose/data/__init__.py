@@ -1,0 +1,1 @@
+"""Datasets and the DataModule over prepared (memory-mapped) arrays."""

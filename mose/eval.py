@@ -1,0 +1,46 @@
+"""``mose-eval ckpt_path=...``: re-score a checkpoint on its test split and write metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+
+from mose.paths import CONF_DIR
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mose.module import MultiTaskModule
+from mose.results import summary, write_metrics
+from mose.train import build_datamodule
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise SystemExit(f"error: ckpt_path={cfg.ckpt_path} is not a file")
+    module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    data = dict(module.hparams.data)
+    if cfg.data_dir:
+        data["dir"] = cfg.data_dir
+    datamodule = build_datamodule({**data, "batch_size": cfg.batch_size})
+    datamodule.prepare_data()
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    test = module.results["test"]
+    if trainer.is_global_zero:
+        out = Path(HydraConfig.get().runtime.output_dir) / "metrics.json"
+        write_metrics(out, test, model=module.hparams.model["_target_"], data=data["name"], checkpoint=str(ckpt))
+        print(summary(test, list(data["tasks"])))
+        print(f"metrics: {out}")
+    return test
+
+
+@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""One architecture per file, each composed from ``mose.nn`` blocks.
+
+A model is an ``nn.Module`` built as ``Model(input_spec, tasks, **hparams)`` that maps a batch dict
+to ``{task: logits (B,), ..., "aux": {...}}``; it knows nothing of Lightning.
+"""

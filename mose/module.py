@@ -1,0 +1,97 @@
+"""The one LightningModule that trains any model on any task set."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from mose.metrics import MultiTaskMetrics
+from mose.nn.embeddings import InputSpec
+
+
+class MultiTaskModule(pl.LightningModule):
+    """Losses, loss weights, metrics, logging and the optimizer around a model from ``mose.models``.
+
+    All constructor arguments are plain data (they are stored in checkpoints):
+    ``model`` a Hydra config with ``_target_``; ``input_spec`` the fields of :class:`InputSpec`;
+    ``tasks`` ``{name: {kind, weight, transform}}``; ``task_stats`` train mean/std of each
+    regression target after its transform; ``cohorts`` ``{cohort: [value names]}``; ``data`` the
+    data config the model was trained on (used by ``mose-eval``).
+    Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target.
+    """
+
+    def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
+                 cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                 data: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tasks = list(tasks)
+        kinds = {t: tasks[t].get("kind", "binary") for t in self.tasks}
+        task_stats = task_stats or {}
+        self.register_buffer("weights", torch.tensor([float(tasks[t].get("weight", 1.0)) for t in self.tasks]))
+        self.register_buffer("binary", torch.tensor([kinds[t] == "binary" for t in self.tasks]))
+        self.register_buffer("log1p", torch.tensor([tasks[t].get("transform", "none") == "log1p" for t in self.tasks]))
+        self.register_buffer("mean", torch.tensor([task_stats.get(t, {}).get("mean", 0.0) for t in self.tasks]))
+        self.register_buffer("std", torch.tensor([task_stats.get(t, {}).get("std", 1.0) for t in self.tasks]))
+        spec = InputSpec(**{**input_spec, "cat_vocab": tuple(input_spec["cat_vocab"])})
+        self.model = instantiate(model, _partial_=True, _convert_="all")(input_spec=spec, tasks=self.tasks)
+        self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
+        self.results: dict[str, dict[str, float]] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        return self.model(batch)
+
+    def transformed(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels ``(B, T)`` on each task's target scale (log1p applied where configured)."""
+        return torch.where(self.log1p, torch.log1p(labels.clamp_min(0)), labels)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
+        return torch.where(self.binary, torch.sigmoid(logits), logits * self.std + self.mean)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Per-task losses ``(T,)``, logits ``(B, T)`` and the model's aux outputs."""
+        out = self.model(batch)
+        logits = torch.stack([out[t] for t in self.tasks], dim=1).float()
+        z = (self.transformed(batch["labels"]) - self.mean) / self.std
+        bce = F.binary_cross_entropy_with_logits(logits, z, reduction="none")
+        losses = torch.where(self.binary, bce, (logits - z) ** 2).mean(0)
+        return losses, logits, out.get("aux", {})
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses, _, aux = self._step(batch)
+        loss = (self.weights * losses).sum() + aux.get("loss", 0.0)
+        size = len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{t}/loss": losses[i] for i, t in enumerate(self.tasks)}, batch_size=size)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        losses, logits, _ = self._step(batch)
+        self.log(f"{split}/loss", (self.weights * losses).sum(), batch_size=len(logits), sync_dist=True)
+        self.metrics[split].update(self.predictions(logits), self.transformed(batch["labels"]),
+                                   batch["user_key"], batch["cohorts"])
+
+    def _eval_epoch_end(self, split: str) -> None:
+        values = self.metrics[split].compute()
+        self.metrics[split].reset()
+        self.results[split] = values
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

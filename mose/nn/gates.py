@@ -1,0 +1,27 @@
+"""Softmax gates that mix experts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SoftmaxGates(nn.Module):
+    """One softmax gate per task over ``n_experts``, all from one linear map.
+
+    ``(B, in_dim) -> (B, n_gates, n_experts)``, each row summing to 1.
+    """
+
+    def __init__(self, in_dim: int, n_gates: int, n_experts: int) -> None:
+        super().__init__()
+        self.n_gates, self.n_experts = n_gates, n_experts
+        self.proj = nn.Linear(in_dim, n_gates * n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(x).unflatten(-1, (self.n_gates, self.n_experts))
+        return torch.softmax(logits, dim=-1)
+
+
+def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Gate-weighted sum of expert outputs: ``(B, E, H), (B, G, E) -> (B, G, H)``."""
+    return torch.einsum("beh,bge->bgh", experts, gates)
