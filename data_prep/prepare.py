@@ -14,6 +14,10 @@ Arrays (N events, sorted by user then time; K = history length, L = binary tasks
     cohorts (N, G) int64       cohort value codes, names in ``manifest["cohorts"]``
     hist_item (N, K) int64     last K items strictly before the event (0 = padding), oldest first
     hist_label (N, K, L) int8  the binary labels of those history events
+    prev_label (N, L) int8     binary labels of the user's latest event strictly before (0 if none)
+    user_offsets (U + 1,)      first row of each user (rows are sorted by user), then N
+    stream_rows (S, Ts) int64  per-stream layout: rows of each chunk of a user's stream (-1 = pad)
+    stream_scored (S, Ts) bool steps scored in that chunk (each event in exactly one chunk)
 
 The folder is written under a temporary name and renamed when complete, so a crash never
 leaves a half dataset behind.
@@ -32,7 +36,14 @@ import numpy as np
 import polars as pl
 
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
-from data_prep.sequences import N_PRIOR_BUCKETS, gather_history, history_positions, prior_bucket_expr, prior_count_expr
+from data_prep.sequences import (
+    N_PRIOR_BUCKETS,
+    gather_history,
+    history_positions,
+    prior_bucket_expr,
+    prior_count_expr,
+    stream_chunks,
+)
 from data_prep.split import SPLITS, TRAIN, split_expr, time_cuts
 from data_prep.vocab import encode, fit_standardizer, fit_vocab
 
@@ -65,7 +76,7 @@ def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int) ->
 
 
 def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_frac: float, test_frac: float,
-                 new_user_max_prior: int) -> tuple[dict[str, np.ndarray], dict]:
+                 new_user_max_prior: int, stream_len: int, stream_overlap: int) -> tuple[dict[str, np.ndarray], dict]:
     """All arrays of the per-event layout and the manifest fields that describe them."""
     validate(events, spec)
     df = events.with_row_index("_row").sort([USER, TS, "_row"])
@@ -92,10 +103,14 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
 
     cohorts, cohort_names = _cohort_codes(df, spec, new_user_max_prior)
     pos, valid = history_positions(df, history_len)
+    binary = df.select(spec.binary_tasks).to_numpy().astype(np.int8).reshape(df.height, -1)
+    user_key = (df[USER].rank("dense") - 1).cast(pl.Int64).to_numpy()
+    user_offsets = np.searchsorted(user_key, np.arange(user_key.max() + 2))
+    stream_rows, stream_scored = stream_chunks(user_offsets, stream_len, stream_overlap)
     arrays = {
         "split": df["split"].to_numpy(),
         "user": user.astype(np.int64),
-        "user_key": (df[USER].rank("dense") - 1).cast(pl.Int64).to_numpy(),
+        "user_key": user_key,
         "item": item.astype(np.int64),
         "cat": cat.astype(np.int64),
         "num": num.to_numpy().astype(np.float32).reshape(df.height, len(num_stats)),
@@ -104,7 +119,11 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "prior_bucket": df["prior_bucket"].to_numpy(),
         "cohorts": cohorts.astype(np.int64),
         "hist_item": gather_history(item.astype(np.int64), pos, valid),
-        "hist_label": gather_history(df.select(spec.binary_tasks).to_numpy().astype(np.int8), pos, valid),
+        "hist_label": gather_history(binary, pos, valid),
+        "prev_label": gather_history(binary, pos[:, -1], valid[:, -1]),
+        "user_offsets": user_offsets.astype(np.int64),
+        "stream_rows": stream_rows,
+        "stream_scored": stream_scored,
     }
     counts = np.bincount(arrays["split"], minlength=3)
     fields = {
@@ -118,6 +137,8 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "numeric_stats": {c: {"mean": m, "std": s} for c, (m, s) in num_stats.items()},
         "task_stats": task_stats,
         "history_len": history_len,
+        "stream_len": stream_len,
+        "stream_overlap": stream_overlap,
         "history_labels": spec.binary_tasks,
         "prior_buckets": N_PRIOR_BUCKETS,
         "new_user_max_prior": new_user_max_prior,
@@ -150,9 +171,10 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) 
 
 def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, history_len: int = 20,
             val_frac: float = 0.1, test_frac: float = 0.1, new_user_max_prior: int = 20,
-            config: dict | None = None) -> Path:
+            stream_len: int = 32, stream_overlap: int = 8, config: dict | None = None) -> Path:
     """Validate, split, encode and write ``events`` as a prepared per-event dataset at ``out_dir``."""
-    arrays, fields = build_arrays(events, spec, history_len, val_frac, test_frac, new_user_max_prior)
+    arrays, fields = build_arrays(events, spec, history_len, val_frac, test_frac, new_user_max_prior,
+                                  stream_len, stream_overlap)
     manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
                 "config_hash": config_hash(config or {})}
     return write_dataset(Path(out_dir), arrays, manifest)

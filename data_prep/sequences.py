@@ -49,3 +49,27 @@ def gather_history(values: np.ndarray, pos: np.ndarray, valid: np.ndarray, pad=P
     out = values[pos]
     mask = valid.reshape(valid.shape + (1,) * (out.ndim - valid.ndim))
     return np.where(mask, out, np.asarray(pad, dtype=out.dtype))
+
+
+def stream_chunks(user_offsets: np.ndarray, length: int, overlap: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each user's time-ordered events into chunks of ``length`` steps.
+
+    ``user_offsets`` ``(U + 1,)`` are the start rows of each user's events (rows sorted by user,
+    time) and the total count. Chunks start every ``length - overlap`` events; the first
+    ``overlap`` steps of every chunk but a user's first are context only (already scored in the
+    previous chunk). Returns ``rows (n_chunks, length)`` (-1 = padding) and ``scored`` ``(n_chunks,
+    length)``: every event is scored in exactly one chunk.
+    """
+    if not 0 <= overlap < length:
+        raise ValueError(f"prep.stream_overlap={overlap} must be >= 0 and < prep.stream_len={length}")
+    stride = length - overlap
+    sizes = np.diff(user_offsets)
+    n_chunks = 1 + np.ceil(np.maximum(sizes - length, 0) / stride).astype(np.int64)
+    owner = np.repeat(np.arange(len(sizes)), n_chunks)
+    first_chunk = np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
+    k = np.arange(len(owner)) - first_chunk  # chunk number within its user
+    start = user_offsets[owner] + k * stride
+    rows = start[:, None] + np.arange(length)[None, :]
+    valid = rows < user_offsets[owner + 1][:, None]
+    scored = valid & ((np.arange(length)[None, :] >= overlap) | (k == 0)[:, None])
+    return np.where(valid, rows, -1), scored

@@ -52,28 +52,34 @@ class MultiTaskModule(pl.LightningModule):
         """Logits ``(B, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
         return torch.where(self.binary, torch.sigmoid(logits), logits * self.std + self.mean)
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Per-task losses ``(T,)``, logits ``(B, T)`` and the model's aux outputs."""
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        """Per-task losses ``(T,)``, logits ``(M, T)`` of the M scored events, their batch rows, aux.
+
+        A per-stream batch ``(B, S, ...)`` carries ``mask (B, S)``: only its scored steps count.
+        """
         out = self.model(batch)
-        logits = torch.stack([out[t] for t in self.tasks], dim=1).float()
-        z = (self.transformed(batch["labels"]) - self.mean) / self.std
+        logits = torch.stack([out[t] for t in self.tasks], dim=-1).float()
+        rows = {k: batch[k] for k in ("labels", "user_key", "cohorts")}
+        if "mask" in batch:
+            logits, rows = logits[batch["mask"]], {k: v[batch["mask"]] for k, v in rows.items()}
+        z = (self.transformed(rows["labels"]) - self.mean) / self.std
         bce = F.binary_cross_entropy_with_logits(logits, z, reduction="none")
         losses = torch.where(self.binary, bce, (logits - z) ** 2).mean(0)
-        return losses, logits, out.get("aux", {})
+        return losses, logits, rows, out.get("aux", {})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses, _, aux = self._step(batch)
+        losses, logits, _, aux = self._step(batch)
         loss = (self.weights * losses).sum() + aux.get("loss", 0.0)
-        size = len(batch["labels"])
+        size = len(logits)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{t}/loss": losses[i] for i, t in enumerate(self.tasks)}, batch_size=size)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        losses, logits, _ = self._step(batch)
+        losses, logits, rows, _ = self._step(batch)
         self.log(f"{split}/loss", (self.weights * losses).sum(), batch_size=len(logits), sync_dist=True)
-        self.metrics[split].update(self.predictions(logits), self.transformed(batch["labels"]),
-                                   batch["user_key"], batch["cohorts"])
+        self.metrics[split].update(self.predictions(logits), self.transformed(rows["labels"]),
+                                   rows["user_key"], rows["cohorts"])
 
     def _eval_epoch_end(self, split: str) -> None:
         values = self.metrics[split].compute()

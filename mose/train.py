@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(data: dict) -> EventDataModule:
-    return EventDataModule(data, batch_size=data.get("batch_size", 1024), num_workers=data.get("num_workers", 0))
+    return EventDataModule(data, batch_size=data.get("batch_size", 1024), num_workers=data.get("num_workers", 0),
+                           layout=data.get("layout", "per_event"), windows=data.get("windows", "chunks"))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from data_prep.split import SPLITS
 
 FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "hist_item", "hist_label")
+STEP_FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "prev_label")
+WINDOWS = ("chunks", "next_step")
 
 
 class EventSplit(Dataset):
@@ -34,6 +36,54 @@ class EventSplit(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+
+class StreamSplit(Dataset):
+    """Windows of users' event streams for one split (per-stream layout), right-padded.
+
+    ``windows="chunks"``: the prepared chunks (``stream_rows``); a step is scored if it is the
+    chunk's to score and its event is in this split. ``windows="next_step"``: one window per
+    event of the split, the user's last ``length`` events up to it, scoring only that event.
+    ``__getitems__`` returns every step field as ``(B, T, ...)`` plus ``valid (B, T)`` (a real
+    event) and ``mask (B, T)`` (scored), gathered with one fancy-index per array.
+    """
+
+    def __init__(self, root: str | Path, split: str, windows: str = "chunks", length: int | None = None) -> None:
+        if windows not in WINDOWS:
+            raise ValueError(f"data.windows must be one of {WINDOWS}, got '{windows}'")
+        root = Path(root)
+        self.arrays = {f: np.load(root / f"{f}.npy", mmap_mode="r") for f in STEP_FIELDS}
+        in_split = np.load(root / "split.npy") == SPLITS.index(split)
+        self.windows = windows
+        if windows == "chunks":
+            rows, scored = np.load(root / "stream_rows.npy"), np.load(root / "stream_scored.npy")
+            mask = scored & in_split[rows.clip(0)]
+            keep = mask.any(1)
+            self.rows, self.mask = rows[keep], mask[keep]
+        else:
+            offsets = np.load(root / "user_offsets.npy")
+            self.ends = np.flatnonzero(in_split)
+            user_start = offsets[np.searchsorted(offsets, self.ends, side="right") - 1]
+            self.length = int(length or np.load(root / "stream_rows.npy", mmap_mode="r").shape[1])
+            self.starts = np.maximum(self.ends - self.length + 1, user_start)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.windows == "chunks" else len(self.ends)
+
+    def _rows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.windows == "chunks":
+            return self.rows[pos], self.mask[pos]
+        rows = self.starts[pos, None] + np.arange(self.length)[None, :]
+        ends = self.ends[pos, None]
+        return np.where(rows <= ends, rows, -1), rows == ends
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows, mask = self._rows(np.sort(np.asarray(positions)))
+        unique, inverse = np.unique(rows.clip(0), return_inverse=True)
+        out = {name: torch.from_numpy(np.asarray(arr[unique])[inverse.reshape(rows.shape)])
+               for name, arr in self.arrays.items()}
+        out["valid"], out["mask"] = torch.from_numpy(rows >= 0), torch.from_numpy(mask)
+        return out
 
 
 def identity(batch):

@@ -33,23 +33,27 @@ class InputSpec:
 
 
 class FeatureEmbedding(nn.Module):
-    """Embeds user, item, categorical context, personalization bucket and history; concatenates numerics.
+    """Embeds user, item, categorical context and personalization bucket; concatenates numerics.
 
-    The history is the mean of its items' embeddings plus a projection of their labels
-    (the shared item table embeds both the candidate and the history).
-    Batch keys: user, item (B,); cat (B, C); num (B, F); prior_bucket (B,);
-    hist_item (B, K); hist_label (B, K, L). Output ``(B, out_dim)``.
+    Works on any leading shape ``(*)``: ``(B,)`` events or ``(B, T)`` stream steps.
+    ``history=True`` adds the history: the mean of its items' embeddings plus a projection of
+    their labels (one item table embeds both the candidate and the history).
+    ``previous_labels=True`` adds the labels of the user's previous event (stream steps).
+    Batch keys: user, item, prior_bucket ``(*)``; cat ``(*, C)``; num ``(*, F)``;
+    hist_item ``(*, K)``; hist_label ``(*, K, L)``; prev_label ``(*, L)``. Output ``(*, out_dim)``.
     """
 
-    def __init__(self, spec: InputSpec, dim: int = 16) -> None:
+    def __init__(self, spec: InputSpec, dim: int = 16, history: bool = True, previous_labels: bool = False) -> None:
         super().__init__()
         self.user = nn.Embedding(spec.n_users, dim)
         self.item = nn.Embedding(spec.n_items, dim, padding_idx=0)
         self.cat = nn.ModuleList(nn.Embedding(n, dim) for n in spec.cat_vocab)
         self.prior = nn.Embedding(spec.n_prior_buckets, dim)
-        self.feedback = nn.Linear(spec.n_history_labels, dim, bias=False) if spec.n_history_labels else None
-        self.pool = MeanPool()
-        self.out_dim = dim * (4 + len(spec.cat_vocab)) + spec.n_numeric
+        n_labels = spec.n_history_labels
+        self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
+        self.pool = MeanPool() if history else None
+        self.previous_labels = previous_labels
+        self.out_dim = dim * (3 + history + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """History tokens ``(B, K, dim)`` and their mask ``(B, K)``."""
@@ -59,9 +63,12 @@ class FeatureEmbedding(nn.Module):
         return tokens, batch["hist_item"] > 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens, mask = self.history(batch)
-        parts = [self.user(batch["user"]), self.item(batch["item"]), self.prior(batch["prior_bucket"]),
-                 self.pool(tokens, mask)]
-        parts += [emb(batch["cat"][:, i]) for i, emb in enumerate(self.cat)]
+        parts = [self.user(batch["user"]), self.item(batch["item"]), self.prior(batch["prior_bucket"])]
+        if self.pool is not None:
+            parts.append(self.pool(*self.history(batch)))
+        if self.previous_labels:
+            prev = batch["prev_label"].to(parts[0].dtype)
+            parts.append(self.feedback(prev) if self.feedback is not None else parts[0].new_zeros(parts[0].shape))
+        parts += [emb(batch["cat"][..., i]) for i, emb in enumerate(self.cat)]
         parts.append(batch["num"].to(parts[0].dtype))
         return torch.cat(parts, dim=-1)

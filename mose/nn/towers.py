@@ -22,3 +22,9 @@ class Towers(nn.Module):
 def task_logits(logits: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
     """Split ``(B, T)`` logits into ``{task: (B,)}``."""
     return {t: logits[:, i] for i, t in enumerate(tasks)}
+
+
+def step_logits(heads: nn.Module, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
+    """Per-step heads: ``(B, T, tasks, H)`` through a ``GroupedLinear(tasks, H, 1)`` -> ``{task: (B, T)}``."""
+    logits = heads(x.flatten(0, 1)).squeeze(-1).unflatten(0, x.shape[:2])
+    return {t: logits[..., i] for i, t in enumerate(tasks)}

@@ -1,0 +1,59 @@
+"""MoSE (Qin et al., KDD 2020): a multi-gate mixture of sequential (LSTM) experts.
+
+A shared-bottom LSTM reads the user's stream, ``n_experts`` LSTM experts read its output, a
+softmax gate per task mixes the experts and an LSTM tower per task predicts that task at every
+step. With ``cell="ff"`` every LSTM becomes a per-step MLP: the feed-forward MMoE baseline on
+the same stream data.
+
+Gates: ``gate="step"`` (default) computes a gate at each step from the bottom output at that
+step (causal). ``gate="window"`` computes one gate per window from the bottom outputs of all
+its steps, as in the paper; it sees later steps, so use it only with ``data.windows=next_step``
+(each window scores its last event alone).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mose.nn.embeddings import FeatureEmbedding, InputSpec
+from mose.nn.encoders import MeanPool
+from mose.nn.experts import GroupedLinear
+from mose.nn.gates import SoftmaxGates
+from mose.nn.sequence import GroupedSequence
+from mose.nn.towers import step_logits
+
+GATES = ("step", "window")
+
+
+class MoSE(nn.Module):
+    """``(B, T)`` stream steps -> ``{task: (B, T) logits}``; ``aux["gates"]`` is ``(B, T, tasks, E)``."""
+
+    def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, cell: str = "lstm",
+                 bottom_hidden: int = 64, bottom_layers: int = 1, n_experts: int = 4, expert_hidden: int = 32,
+                 expert_layers: int = 1, tower_hidden: int = 16, tower_layers: int = 1, gate: str = "step",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"model.gate must be one of {GATES}, got '{gate}'")
+        self.tasks, self.gate = list(tasks), gate
+        n = len(self.tasks)
+        self.embed = FeatureEmbedding(input_spec, embed_dim, history=False, previous_labels=True)
+        self.bottom = GroupedSequence(1, self.embed.out_dim, bottom_hidden, bottom_layers, cell, dropout)
+        self.experts = GroupedSequence(n_experts, bottom_hidden, expert_hidden, expert_layers, cell, dropout)
+        self.gates = SoftmaxGates(bottom_hidden, n, n_experts)
+        self.towers = GroupedSequence(n, expert_hidden, tower_hidden, tower_layers, cell, dropout,
+                                      shared_input=False)
+        self.heads = GroupedLinear(n, tower_hidden, 1)
+        self.pool = MeanPool()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        h = self.bottom(self.embed(batch)).squeeze(2)  # (B, T, Hb)
+        experts = self.experts(h)  # (B, T, E, He)
+        if self.gate == "step":
+            gates = self.gates(h)  # (B, T, tasks, E)
+        else:
+            window = self.pool(h, batch["valid"])  # (B, Hb)
+            gates = self.gates(window).unsqueeze(1).expand(-1, h.shape[1], -1, -1)
+        mixed = torch.einsum("bteh,btge->btgh", experts, gates)  # (B, T, tasks, He)
+        return {**step_logits(self.heads, self.towers(mixed), self.tasks), "aux": {"gates": gates}}

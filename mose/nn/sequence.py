@@ -1,0 +1,36 @@
+"""Per-step sequence blocks: grouped LSTMs, or their feed-forward counterpart for baselines."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mose.nn.experts import GroupedMLP
+from mose.nn.grouped_lstm import GroupedLSTM
+
+CELLS = ("lstm", "ff")
+
+
+class GroupedSequence(nn.Module):
+    """``G`` sequence networks over the steps: ``(B, T, in) | (B, T, G, in) -> (B, T, G, hidden)``.
+
+    ``cell="lstm"``: causal LSTMs (step t reads steps <= t). ``cell="ff"``: an MLP of
+    ``num_layers`` layers applied to each step on its own (the feed-forward baseline).
+    """
+
+    def __init__(self, groups: int, in_dim: int, hidden: int, num_layers: int = 1, cell: str = "lstm",
+                 dropout: float = 0.0, shared_input: bool = True) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got '{cell}'")
+        self.cell, self.out_dim = cell, hidden
+        if cell == "lstm":
+            self.net = GroupedLSTM(groups, in_dim, hidden, num_layers, dropout, shared_input)
+        else:
+            self.net = GroupedMLP(groups, in_dim, [hidden] * num_layers, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cell == "lstm":
+            return self.net(x)
+        b, t = x.shape[:2]
+        return self.net(x.flatten(0, 1)).unflatten(0, (b, t))
