@@ -111,3 +111,21 @@ class MultiTaskMetrics(Metric):
                     out |= {f"cohort/{name}={value}/{k}": v for k, v in scores.items()}
                     out[f"cohort/{name}={value}/n_events"] = float(rows.sum())
         return out
+
+
+class GateUsage(Metric):
+    """Mean gate weight per task and expert over the scored events: ``update(gates (M, T, E))``."""
+
+    full_state_update = False
+
+    def __init__(self, n_tasks: int, n_experts: int) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros(n_tasks, n_experts, dtype=torch.double), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.double), dist_reduce_fx="sum")
+
+    def update(self, gates: torch.Tensor) -> None:
+        self.total += gates.detach().double().sum(0)
+        self.count += gates.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)

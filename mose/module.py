@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from mose.metrics import MultiTaskMetrics
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from mose.metrics import GateUsage, MultiTaskMetrics
+from mose.plots import gate_heatmap
 from mose.nn.embeddings import InputSpec
 
 
@@ -39,6 +42,7 @@ class MultiTaskModule(pl.LightningModule):
         spec = InputSpec(**{**input_spec, "cat_vocab": tuple(input_spec["cat_vocab"])})
         self.model = instantiate(model, _partial_=True, _convert_="all")(input_spec=spec, tasks=self.tasks)
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
+        self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
         self.results: dict[str, dict[str, float]] = {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
@@ -76,16 +80,32 @@ class MultiTaskModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        losses, logits, rows, _ = self._step(batch)
+        losses, logits, rows, aux = self._step(batch)
         self.log(f"{split}/loss", (self.weights * losses).sum(), batch_size=len(logits), sync_dist=True)
         self.metrics[split].update(self.predictions(logits), self.transformed(rows["labels"]),
                                    rows["user_key"], rows["cohorts"])
+        if "gates" in aux:
+            gates = aux["gates"][batch["mask"]] if "mask" in batch else aux["gates"]  # (M, tasks, E)
+            if split not in self.gate_usage:
+                self.gate_usage[split] = GateUsage(*gates.shape[-2:]).to(self.device)
+            self.gate_usage[split].update(gates)
 
     def _eval_epoch_end(self, split: str) -> None:
         values = self.metrics[split].compute()
         self.metrics[split].reset()
+        if split in self.gate_usage:
+            values |= self._gate_diagnostics(split)
         self.results[split] = values
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=False)
+
+    def _gate_diagnostics(self, split: str) -> dict[str, float]:
+        """Mean gate weight per task and expert; the heatmap goes to TensorBoard."""
+        usage = self.gate_usage[split].compute().float().cpu()
+        self.gate_usage[split].reset()
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            fig = gate_heatmap(usage.numpy(), self.tasks, f"{split} expert utilization")
+            self.logger.experiment.add_figure(f"{split}/gates", fig, global_step=self.global_step)
+        return {f"gates/{t}/e{e}": float(usage[i, e]) for i, t in enumerate(self.tasks) for e in range(usage.shape[1])}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
