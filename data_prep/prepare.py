@@ -76,7 +76,8 @@ def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int) ->
 
 
 def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_frac: float, test_frac: float,
-                 new_user_max_prior: int, stream_len: int, stream_overlap: int) -> tuple[dict[str, np.ndarray], dict]:
+                 new_user_max_prior: int, stream_len: int, stream_overlap: int, min_count: int = 1
+                 ) -> tuple[dict[str, np.ndarray], dict]:
     """All arrays of the per-event layout and the manifest fields that describe them."""
     validate(events, spec)
     df = events.with_row_index("_row").sort([USER, TS, "_row"])
@@ -86,7 +87,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
 
     vocab_sizes, cats = {}, []
     for col in [USER, ITEM, *spec.categorical]:
-        vocab = fit_vocab(train, col)
+        vocab = fit_vocab(train, col, min_count if col in (USER, ITEM) else 1)
         vocab_sizes[col] = vocab.height + 2
         cats.append(encode(df, vocab, col).to_numpy())
     user, item, cat = cats[0], cats[1], np.stack(cats[2:], axis=1) if spec.categorical else np.zeros((df.height, 0))
@@ -136,6 +137,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "n_user_keys": int(arrays["user_key"].max()) + 1,
         "numeric_stats": {c: {"mean": m, "std": s} for c, (m, s) in num_stats.items()},
         "task_stats": task_stats,
+        "min_count": min_count,
         "history_len": history_len,
         "stream_len": stream_len,
         "stream_overlap": stream_overlap,
@@ -171,10 +173,10 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) 
 
 def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, history_len: int = 20,
             val_frac: float = 0.1, test_frac: float = 0.1, new_user_max_prior: int = 20,
-            stream_len: int = 32, stream_overlap: int = 8, config: dict | None = None) -> Path:
+            stream_len: int = 32, stream_overlap: int = 8, min_count: int = 1, config: dict | None = None) -> Path:
     """Validate, split, encode and write ``events`` as a prepared per-event dataset at ``out_dir``."""
     arrays, fields = build_arrays(events, spec, history_len, val_frac, test_frac, new_user_max_prior,
-                                  stream_len, stream_overlap)
+                                  stream_len, stream_overlap, min_count)
     manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
                 "config_hash": config_hash(config or {})}
     return write_dataset(Path(out_dir), arrays, manifest)

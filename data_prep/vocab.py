@@ -7,12 +7,14 @@ import polars as pl
 PAD, OOV = 0, 1  # index 0 pads histories, 1 holds ids unseen in train; known ids start at 2
 
 
-def fit_vocab(train: pl.DataFrame, col: str) -> pl.DataFrame:
-    """Map each distinct train value of ``col`` to an index >= 2, in first-seen order.
+def fit_vocab(train: pl.DataFrame, col: str, min_count: int = 1) -> pl.DataFrame:
+    """Map each train value of ``col`` seen at least ``min_count`` times to an index >= 2, in first-seen order.
 
-    Returns a frame ``(col, "<col>_idx")`` to join onto events.
+    Rarer values share the OOV index with unseen ones, so OOV is trained and stands for
+    "rare or new". Returns a frame ``(col, "<col>_idx")`` to join onto events.
     """
-    values = train.select(pl.col(col).unique(maintain_order=True))
+    counts = train.group_by(col, maintain_order=True).len()
+    values = counts.filter(pl.col("len") >= min_count).select(col)
     return values.with_columns(pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"))
 
 

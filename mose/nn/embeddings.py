@@ -39,6 +39,8 @@ class FeatureEmbedding(nn.Module):
     ``history=True`` adds the history: the mean of its items' embeddings plus a projection of
     their labels (one item table embeds both the candidate and the history).
     ``previous_labels=True`` adds the labels of the user's previous event (stream steps).
+    The elementwise products user x item (and history x item) are added as interaction
+    features, as in NeuMF's generalized matrix factorization: an MLP learns dot products poorly.
     Batch keys: user, item, prior_bucket ``(*)``; cat ``(*, C)``; num ``(*, F)``;
     hist_item ``(*, K)``; hist_label ``(*, K, L)``; prev_label ``(*, L)``. Output ``(*, out_dim)``.
     """
@@ -53,7 +55,7 @@ class FeatureEmbedding(nn.Module):
         self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
         self.pool = MeanPool() if history else None
         self.previous_labels = previous_labels
-        self.out_dim = dim * (3 + history + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
+        self.out_dim = dim * (4 + 2 * history + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """History tokens ``(B, K, dim)`` and their mask ``(B, K)``."""
@@ -63,9 +65,11 @@ class FeatureEmbedding(nn.Module):
         return tokens, batch["hist_item"] > 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [self.user(batch["user"]), self.item(batch["item"]), self.prior(batch["prior_bucket"])]
+        user, item = self.user(batch["user"]), self.item(batch["item"])
+        parts = [user, item, user * item, self.prior(batch["prior_bucket"])]
         if self.pool is not None:
-            parts.append(self.pool(*self.history(batch)))
+            interest = self.pool(*self.history(batch))
+            parts += [interest, interest * item]
         if self.previous_labels:
             prev = batch["prev_label"].to(parts[0].dtype)
             parts.append(self.feedback(prev) if self.feedback is not None else parts[0].new_zeros(parts[0].shape))
