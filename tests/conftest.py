@@ -1,0 +1,119 @@
+"""Shared fixtures: a small, learnable canonical event log and its prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from data_prep.prepare import prepare, read_manifest
+from data_prep.schema import EventSpec
+
+N_USERS, N_ITEMS = 300, 60
+T0 = 1_700_000_000_000  # ms
+MINUTE = 60_000
+N_SLOTS = 60  # distinct timestamps per user: ~15 events per user over 60 slots gives many ties
+N_NEW_USERS, N_NEW_ITEMS = 8, 4  # only seen in the last 5% of time (val/test only)
+
+TASKS = {
+    "click": {"kind": "binary"},
+    "like": {"kind": "binary", "weight": 0.5},
+    "watch_time": {"kind": "regression", "transform": "log1p"},
+}
+CATEGORICAL = ["device"]
+NUMERIC = ["duration"]
+COHORTS = ["user_group"]
+
+
+def make_events(seed: int = 0, n_users: int = N_USERS, n_items: int = N_ITEMS) -> pl.DataFrame:
+    """A canonical event log with strong user/item effects, so ``click`` is learnable.
+
+    * ~15 events per user, timestamps on a minute grid of ``N_SLOTS`` values per user: many
+      events of the same user share a timestamp (ties);
+    * ``N_NEW_USERS`` users and ``N_NEW_ITEMS`` items occur only in the last 5% of the time range
+      (so they are unseen in train);
+    * click ~ Bernoulli(sigmoid(2 * (user_bias + item_bias))), like from the same biases shifted,
+      watch_time = exp(item_bias + noise) >= 0;
+    * device (categorical, strings), duration (numeric), user_group (cohort, per user).
+    """
+    rng = np.random.default_rng(seed)
+    user_bias = rng.normal(0.0, 1.2, n_users + N_NEW_USERS)
+    item_bias = rng.normal(0.0, 1.2, n_items + N_NEW_ITEMS)
+    sizes = rng.integers(4, 27, n_users)
+    user = np.repeat(np.arange(n_users), sizes)
+    n = len(user)
+    item = rng.integers(0, n_items, n)
+    slot = rng.integers(0, N_SLOTS, n)
+    # new items replace some events in the last 5% of time
+    late = slot >= int(N_SLOTS * 0.95)
+    swap = late & (rng.random(n) < 0.3)
+    item[swap] = n_items + rng.integers(0, N_NEW_ITEMS, swap.sum())
+    # new users: a few events each, all in the last slots
+    new_sizes = rng.integers(2, 5, N_NEW_USERS)
+    new_user = np.repeat(np.arange(n_users, n_users + N_NEW_USERS), new_sizes)
+    m = len(new_user)
+    user = np.concatenate([user, new_user])
+    item = np.concatenate([item, rng.integers(0, n_items, m)])
+    slot = np.concatenate([slot, np.full(m, N_SLOTS - 1)])  # all their events tie
+    n = len(user)
+    ts = T0 + MINUTE * slot
+    logit = 2.0 * (user_bias[user] + item_bias[item])
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    like = (rng.random(n) < 1 / (1 + np.exp(-(logit - 1.0)))).astype(np.int64)
+    watch = np.exp(0.5 * item_bias[item] + 0.3 * rng.normal(size=n))
+    device = np.array(["ios", "android", "web"])[rng.integers(0, 3, n)]
+    duration = rng.gamma(2.0, 30.0, n)
+    group = np.array(["a", "b"])[user % 2]
+    df = pl.DataFrame({
+        "user_id": (user * 7 + 1000).astype(np.int64),  # sparse ids
+        "item_id": np.char.add("item", item.astype(str)),  # string ids
+        "ts": ts.astype(np.int64),
+        "device": device,
+        "duration": duration,
+        "click": click,
+        "like": like,
+        "watch_time": watch,
+        "user_group": group,
+    })
+    return df.sample(fraction=1.0, shuffle=True, seed=seed)  # rows in no particular order
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def events() -> pl.DataFrame:
+    return make_events()
+
+
+@pytest.fixture(scope="session")
+def spec() -> EventSpec:
+    return EventSpec.from_config(TASKS, CATEGORICAL, NUMERIC, COHORTS)
+
+
+PREP = dict(history_len=5, val_frac=0.1, test_frac=0.1, new_user_max_prior=5, stream_len=8, stream_overlap=2,
+            min_count=1)
+
+
+@pytest.fixture(scope="session")
+def prepared(events, spec, tmp_path_factory) -> tuple[Path, dict]:
+    """The conftest events prepared with :data:`PREP` into a temp folder: ``(root, manifest)``."""
+    root = prepare(events, spec, tmp_path_factory.mktemp("prepared") / "data", **PREP, config={"test": 1})
+    return root, read_manifest(root)
+
+
+@pytest.fixture(scope="session")
+def events_parquet(events, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("raw") / "events.parquet"
+    events.write_parquet(path)
+    return path
+
+
+def load(root: Path, name: str) -> np.ndarray:
+    return np.load(Path(root) / f"{name}.npy")
