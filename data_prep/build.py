@@ -25,10 +25,25 @@ def prep_config(data: dict) -> dict:
     return {"source": data["source"], "prep": data.get("prep", {}), "spec": spec}
 
 
+def source_files_stamp(source: dict) -> list[list]:
+    """``[path, size, mtime_ns]`` of every file the source config points at (files or folders).
+
+    Part of the dataset's config hash, so editing or replacing a raw log re-prepares it.
+    """
+    stamp = []
+    for value in source.values():
+        if isinstance(value, str) and value and Path(value).exists():
+            root = Path(value)
+            for f in sorted([root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())):
+                st = f.stat()
+                stamp.append([str(f), st.st_size, st.st_mtime_ns])
+    return stamp
+
+
 def ensure_prepared(data: dict, force: bool = False) -> Path:
     """Prepare ``data["dir"]`` from ``data["source"]`` unless a dataset with the same config is there."""
     out = Path(data["dir"])
-    config = prep_config(data)
+    config = {**prep_config(data), "source_files": source_files_stamp(data["source"])}
     if not force and (out / "manifest.json").exists() and read_manifest(out).get("config_hash") == config_hash(config):
         return out
     start = time.perf_counter()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 
 import hydra
-
-from mose.paths import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import ensure_prepared
 from data_prep.prepare import read_manifest
 from data_prep.schema import SchemaError
+from mose.paths import CONF_DIR
 
 
 @hydra.main(config_path=CONF_DIR, config_name="prep", version_base="1.3")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-
-from mose.paths import CONF_DIR
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mose.module import MultiTaskModule
+from mose.paths import CONF_DIR
 from mose.results import summary, write_metrics
 from mose.train import build_datamodule
 
@@ -24,7 +23,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data = dict(module.hparams.data)
     if cfg.data_dir:
         data["dir"] = cfg.data_dir
-    datamodule = build_datamodule({**data, "batch_size": cfg.batch_size})
+    datamodule = build_datamodule(data, eval_batch_size=cfg.batch_size)
     datamodule.prepare_data()
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -15,10 +15,15 @@ from pathlib import Path
 import yaml
 
 
+def _run_order(path: Path) -> tuple:
+    """Multirun job folders (``0``, ``1``, ..., ``10``) in job order, not text order."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parent.parts)
+
+
 def load_runs(root: str | Path) -> list[dict]:
     """One dict per run: ``model`` (config choice), ``data``, ``seed``, ``test`` metrics, ``dir``."""
     runs = []
-    for path in sorted(Path(root).rglob("metrics.json"), key=lambda p: str(p)):
+    for path in sorted(Path(root).rglob("metrics.json"), key=_run_order):
         info = json.loads(path.read_text())
         model = info.get("model", "?")
         hydra_file = path.parent / ".hydra" / "hydra.yaml"

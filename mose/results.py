@@ -28,7 +28,7 @@ def summary(test: dict[str, float], tasks: list[str]) -> str:
         if cohort:
             row += [test.get(f"cohort/new_user={v}/{t}/auc", math.nan) for v in ("new", "regular")]
         rows.append(row)
-    fmt = lambda v: v if isinstance(v, str) else ("-" if math.isnan(v) else f"{v:.4f}")  # noqa: E731
+    fmt = lambda v: v if isinstance(v, str) else ("-" if math.isnan(v) else f"{v:.4f}")
     table = [header] + [[fmt(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]

@@ -7,24 +7,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
-
-from mose.paths import CONF_DIR
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from data_prep.build import event_spec
 from mose.data.datamodule import EventDataModule
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
+from mose.paths import CONF_DIR
 from mose.results import summary, write_metrics
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(data: dict) -> EventDataModule:
+def build_datamodule(data: dict, eval_batch_size: int | None = None) -> EventDataModule:
     return EventDataModule(data, batch_size=data.get("batch_size", 1024), num_workers=data.get("num_workers", 0),
-                           layout=data.get("layout", "per_event"), windows=data.get("windows", "chunks"))
+                           layout=data.get("layout", "per_event"), windows=data.get("windows", "chunks"),
+                           eval_batch_size=eval_batch_size or data.get("eval_batch_size", 8192))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -38,7 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = MultiTaskModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         input_spec=asdict(InputSpec.from_manifest(manifest)),
-        tasks=data["tasks"], task_stats=manifest["task_stats"], cohorts=manifest["cohorts"],
+        tasks=event_spec(data).to_dict()["tasks"], task_stats=manifest["task_stats"], cohorts=manifest["cohorts"],
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, data=data,
     )
     logger = instantiate(cfg.logger)

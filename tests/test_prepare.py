@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-
-import data_prep.build as build
 from conftest import CATEGORICAL, COHORTS, NUMERIC, PREP, TASKS, load
+
+from data_prep import build
 from data_prep.build import ensure_prepared
 from data_prep.prepare import prepare, read_manifest
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
@@ -398,6 +399,24 @@ def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+def test_failed_swap_restores_previous_dataset(events, spec, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    prepare(events, spec, out, **PREP, config={"v": 1})
+    real_rename = os.rename
+
+    def rename_new_fails(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("rename failed (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_new_fails)
+    with pytest.raises(OSError, match="simulated"):
+        prepare(events, spec, out, **PREP, config={"v": 2})
+    monkeypatch.undo()
+    assert read_manifest(out)["config"] == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 # ---------------------------------------------------------------- ensure_prepared
 
 
@@ -417,6 +436,7 @@ def test_ensure_prepared_reuses_and_rebuilds(events_parquet, tmp_path, monkeypat
     monkeypatch.setattr(build, "prepare", lambda *a, **kw: calls.append(1) or real_prepare(*a, **kw))
     out = tmp_path / "ds"
     manifest = out / "manifest.json"
+    events_parquet = Path(shutil.copy(events_parquet, tmp_path / "events.parquet"))  # edited below
     data = data_config(events_parquet, out)
 
     assert ensure_prepared(data) == out and len(calls) == 1
@@ -448,6 +468,10 @@ def test_ensure_prepared_reuses_and_rebuilds(events_parquet, tmp_path, monkeypat
     other_task["tasks"]["watch_time"]["transform"] = "none"
     ensure_prepared(other_task)
     assert len(calls) == 4 and read_manifest(out)["spec"]["tasks"]["watch_time"]["transform"] == "none"
+
+    pl.read_parquet(events_parquet).head(-1).write_parquet(events_parquet)  # the raw log changed
+    ensure_prepared(other_task)
+    assert len(calls) == 5
     assert _leftovers(tmp_path) == []
 
 

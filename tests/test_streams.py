@@ -6,7 +6,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from torch import nn
 
 from data_prep.prepare import prepare, read_manifest
 from data_prep.schema import EventSpec, TaskSpec
@@ -15,7 +14,8 @@ from data_prep.split import SPLITS
 from mose.data.datasets import StreamSplit
 from mose.models.mose import MoSE
 from mose.nn.embeddings import InputSpec
-from mose.nn.grouped_lstm import GroupedLSTM
+from mose.nn.grouped_lstm import GroupedLSTM, LSTMList
+from mose.nn.sequence import GroupedSequence
 
 STREAM_LEN, OVERLAP = 6, 2
 BINARY = ["click", "like"]
@@ -242,8 +242,8 @@ def test_grouped_lstm_equals_separate_lstms(shared_input):
     assert out.shape == (2, 7, groups, hidden)
     flat = grouped.flat_weights()
     gh = groups * hidden
-    for g in range(groups):
-        lstm = nn.LSTM(in_dim, hidden, layers, batch_first=True)
+    separate = LSTMList(groups, in_dim, hidden, layers, shared_input=shared_input)
+    for g, lstm in enumerate(separate.lstms):
         rows = torch.cat([torch.arange(k * gh + g * hidden, k * gh + (g + 1) * hidden) for k in range(4)])
         for layer in range(layers):
             w_ih, w_hh, b_ih, b_hh = flat[4 * layer: 4 * layer + 4]
@@ -256,8 +256,13 @@ def test_grouped_lstm_equals_separate_lstms(shared_input):
                 getattr(lstm, f"weight_hh_l{layer}").copy_(w_hh[rows][:, g * hidden:(g + 1) * hidden])
                 getattr(lstm, f"bias_ih_l{layer}").copy_(b_ih[rows])
                 getattr(lstm, f"bias_hh_l{layer}").copy_(b_hh[rows])
-        expected, _ = lstm(x if shared_input else x[:, :, g])
-        torch.testing.assert_close(out[:, :, g], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, separate(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_picks_the_fused_kernel_for_narrow_layers():
+    assert isinstance(GroupedSequence(4, 8, 16).net, GroupedLSTM)
+    assert isinstance(GroupedSequence(4, 8, 32).net, LSTMList)
+    assert isinstance(GroupedSequence(4, 8, 32, fused=True).net, GroupedLSTM)
 
 
 def test_mose_learns_the_sequential_benchmark(tmp_path):

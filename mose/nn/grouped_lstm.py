@@ -5,6 +5,7 @@
 group ever reads another group's state: exactly ``G`` separate LSTMs, in one kernel call
 instead of ``G``. The masked blocks cost ``G`` times the recurrent FLOPs of separate LSTMs,
 which pays off while ``G*H`` is small (see bench/); ``groups=1`` is a plain LSTM.
+:class:`LSTMList` is the same layer as ``G`` separate ``nn.LSTM`` calls, faster for large ``G*H``.
 """
 
 from __future__ import annotations
@@ -61,3 +62,18 @@ class GroupedLSTM(nn.Module):
         out, _, _ = torch._VF.lstm(x, (h0, h0), self.flat_weights(), True, self.num_layers,
                                    self.dropout, self.training, False, True)
         return out.unflatten(-1, (self.groups, self.hidden))
+
+
+class LSTMList(nn.Module):
+    """``G`` separate ``nn.LSTM``: same contract as :class:`GroupedLSTM`, ``G`` kernel calls."""
+
+    def __init__(self, groups: int, in_dim: int, hidden: int, num_layers: int = 1, dropout: float = 0.0,
+                 shared_input: bool = True) -> None:
+        super().__init__()
+        self.shared_input = shared_input
+        self.lstms = nn.ModuleList(nn.LSTM(in_dim, hidden, num_layers, batch_first=True,
+                                           dropout=dropout if num_layers > 1 else 0.0) for _ in range(groups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = [x] * len(self.lstms) if self.shared_input else x.unbind(-2)
+        return torch.stack([lstm(xg)[0] for lstm, xg in zip(self.lstms, inputs)], dim=-2)

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from mose.nn.experts import GroupedMLP
-from mose.nn.grouped_lstm import GroupedLSTM
+from mose.nn.grouped_lstm import GroupedLSTM, LSTMList
 
 CELLS = ("lstm", "ff")
+FUSED_MAX_WIDTH = 64  # G*H up to which one masked kernel beats G nn.LSTM calls on CPU (bench/stream_throughput.py)
 
 
 class GroupedSequence(nn.Module):
@@ -16,16 +17,19 @@ class GroupedSequence(nn.Module):
 
     ``cell="lstm"``: causal LSTMs (step t reads steps <= t). ``cell="ff"``: an MLP of
     ``num_layers`` layers applied to each step on its own (the feed-forward baseline).
+    ``fused`` picks the LSTM kernel: one block-diagonal :class:`GroupedLSTM` call or ``G`` separate
+    LSTMs; ``None`` chooses the fused one while ``G*H <= FUSED_MAX_WIDTH``.
     """
 
     def __init__(self, groups: int, in_dim: int, hidden: int, num_layers: int = 1, cell: str = "lstm",
-                 dropout: float = 0.0, shared_input: bool = True) -> None:
+                 dropout: float = 0.0, shared_input: bool = True, fused: bool | None = None) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got '{cell}'")
         self.cell, self.out_dim = cell, hidden
         if cell == "lstm":
-            self.net = GroupedLSTM(groups, in_dim, hidden, num_layers, dropout, shared_input)
+            fused = groups * hidden <= FUSED_MAX_WIDTH if fused is None else fused
+            self.net = (GroupedLSTM if fused else LSTMList)(groups, in_dim, hidden, num_layers, dropout, shared_input)
         else:
             self.net = GroupedMLP(groups, in_dim, [hidden] * num_layers, dropout)
 
