@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from data_prep.prepare import config_hash, prepare, read_manifest
-from data_prep.schema import EventSpec
+from data_prep.schema import EventSpec, SchemaError, drop_duplicates
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no inter-process lock
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
 
 def event_spec(data: dict) -> EventSpec:
-    return EventSpec.from_config(data["tasks"], data.get("categorical"), data.get("numeric"), data.get("cohorts"))
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict):
+        raise SchemaError(f"data.tasks must map each task label column to its spec, e.g. "
+                          f"'data.tasks={{click: {{kind: binary}}}}'; got {tasks!r}")
+    for name, t in tasks.items():
+        unknown = sorted(set(dict(t or {})) - {"kind", "weight", "transform"})
+        if unknown:
+            raise SchemaError(f"data.tasks.{name}: unknown key(s) {unknown}; a task has kind, weight, transform")
+    for key in ("categorical", "numeric", "cohorts"):
+        if not isinstance(data.get(key) or [], (list, tuple)):
+            raise SchemaError(f"data.{key} must be a list of column names, got {data.get(key)!r}")
+    return EventSpec.from_config(tasks, data.get("categorical"), data.get("numeric"), data.get("cohorts"))
 
 
 def prep_config(data: dict) -> dict:
@@ -40,16 +61,72 @@ def source_files_stamp(source: dict) -> list[list]:
     return stamp
 
 
+@contextlib.contextmanager
+def dataset_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside the dataset, so one process prepares it at a
+    time (DDP ranks started together, parallel runs); the others wait, then reuse it.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def clean_stale(out: Path) -> None:
+    """Tidy what a killed ``prepare`` left beside ``out`` (call under :func:`dataset_lock`).
+
+    A kill between the two renames of the swap leaves no ``out`` but ``.<name>.old-<pid>``: that
+    previous dataset is put back. Temp folders ``.<name>.tmp-*`` of killed runs are deleted.
+    """
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime_ns)
+    if not out.exists() and olds and (olds[-1] / "manifest.json").is_file():
+        os.rename(olds.pop(), out)
+        log.warning("restored %s from an interrupted dataset swap", out)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *olds]:
+        log.info("removing %s left by an interrupted prepare", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_events(source: dict):
+    """Instantiate the source config; its :class:`SchemaError` comes out as itself, not wrapped by Hydra."""
+    missing = [k for k, v in source.items() if v == "???"]
+    if missing:
+        raise SchemaError(f"data.source.{missing[0]} is required (e.g. data.source.{missing[0]}=...)")
+    try:
+        return instantiate(source)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, SchemaError):
+            raise err.__cause__ from None
+        raise
+
+
 def ensure_prepared(data: dict, force: bool = False) -> Path:
-    """Prepare ``data["dir"]`` from ``data["source"]`` unless a dataset with the same config is there."""
+    """Prepare ``data["dir"]`` from ``data["source"]`` unless a dataset with the same config is there.
+
+    Exact duplicate events are dropped (their count is logged). Runs under :func:`dataset_lock`,
+    after :func:`clean_stale`; the dataset itself is swapped in atomically by ``write_dataset``.
+    """
     out = Path(data["dir"])
+    spec = event_spec(data)
     config = {**prep_config(data), "source_files": source_files_stamp(data["source"])}
-    if not force and (out / "manifest.json").exists() and read_manifest(out).get("config_hash") == config_hash(config):
-        return out
-    start = time.perf_counter()
-    events = instantiate(data["source"])
-    log.info("loaded %d events from %s in %.1fs", events.height, data["source"].get("_target_"),
-             time.perf_counter() - start)
-    prepare(events, event_spec(data), out, **data.get("prep", {}), config=config)
-    log.info("prepared %s in %.1fs", out, time.perf_counter() - start)
+    with dataset_lock(out):
+        clean_stale(out)
+        if not force and (out / "manifest.json").exists() and \
+                read_manifest(out).get("config_hash") == config_hash(config):
+            return out
+        start = time.perf_counter()
+        events = load_events(data["source"])
+        log.info("loaded %d events from %s in %.1fs", events.height, data["source"].get("_target_"),
+                 time.perf_counter() - start)
+        events, n_dup = drop_duplicates(events)
+        if n_dup:
+            log.warning("dropped %d exact duplicate event row(s) (same value in every column); %d left",
+                        n_dup, events.height)
+        prepare(events, spec, out, **data.get("prep", {}), config=config)
+        log.info("prepared %s in %.1fs", out, time.perf_counter() - start)
     return out

@@ -11,6 +11,9 @@ Arrays (N events, sorted by user then time; K = history length, L = binary tasks
     labels (N, T) float32      task labels in ``manifest["spec"]["tasks"]`` order
     n_prior (N,) int64         the user's events strictly before this one
     prior_bucket (N,) int64    log2 bucket of n_prior (personalization code)
+    pcode (N, P) int64         POSO personalization code, past only: prior_bucket, new-user flag
+                               (n_prior < new_user_max_prior), then one code per
+                               ``personalization`` column; names/sizes in ``manifest["pcode"]``
     cohorts (N, G) int64       cohort value codes, names in ``manifest["cohorts"]``
     hist_item (N, K) int64     last K items strictly before the event (0 = padding), oldest first
     hist_label (N, K, L) int8  the binary labels of those history events
@@ -38,10 +41,11 @@ import polars as pl
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
 from data_prep.sequences import (
     N_PRIOR_BUCKETS,
-    gather_history,
-    history_positions,
+    gather_windows,
+    history_ends,
     prior_bucket_expr,
     prior_count_expr,
+    sort_events,
     stream_chunks,
 )
 from data_prep.split import SPLITS, TRAIN, split_expr, time_cuts
@@ -60,27 +64,89 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int) -> tuple[np.ndarray, dict]:
-    """Cohort codes ``(N, G)`` and their value names; ``new_user`` derives from the past if not given."""
+ACTIVITY = "activity"
+
+
+def activity_names(bounds: list[int]) -> list[str]:
+    """Names of the activity buckets cut at ``bounds`` (prior-event counts): ``["0-19", "20-99", "100+"]``."""
+    edges = [0, *bounds]
+    return [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
+
+
+def activity_expr(bounds: list[int]) -> pl.Expr:
+    """Activity bucket of each event from the user's past only (``n_prior``), as its name."""
+    names = activity_names(bounds)
+    code = pl.lit(0, dtype=pl.Int64)
+    for b in bounds:
+        code = code + (pl.col("n_prior") >= b).cast(pl.Int64)
+    return code.replace_strict(list(range(len(names))), names, return_dtype=pl.String).alias(ACTIVITY)
+
+
+def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int,
+                  activity_buckets: list[int] | None = None) -> tuple[np.ndarray, dict]:
+    """Cohort codes ``(N, G)`` and their value names; ``new_user`` derives from the past if not given.
+
+    With ``activity_buckets`` (ascending prior-event counts) an ``activity`` cohort is added last:
+    the bucket of the user's count of strictly earlier events (past only, like ``n_prior``).
+    """
     if NEW_USER not in spec.cohorts:
         df = df.with_columns(
             pl.when(pl.col("n_prior") < new_user_max_prior).then(pl.lit("new")).otherwise(pl.lit("regular"))
             .alias(NEW_USER)
         )
+    extra = []
+    if activity_buckets:
+        bounds = [int(b) for b in activity_buckets]
+        if bounds != sorted(set(bounds)) or bounds[0] <= 0:
+            raise ValueError(f"prep.activity_buckets must be ascending positive counts, got {activity_buckets}")
+        df = df.with_columns(activity_expr(bounds))
+        extra = [ACTIVITY]
     names, codes = {}, []
-    for col in [NEW_USER, *[c for c in spec.cohorts if c != NEW_USER]]:
+    for col in [NEW_USER, *[c for c in spec.cohorts if c != NEW_USER], *extra]:
         values = df[col].cast(pl.String).fill_null("UNKNOWN")
-        names[col] = sorted(values.unique().to_list())
+        names[col] = activity_names(bounds) if col == ACTIVITY and extra else sorted(values.unique().to_list())
         codes.append(values.replace_strict(names[col], list(range(len(names[col]))), return_dtype=pl.Int64))
     return np.stack([c.to_numpy() for c in codes], axis=1), names
 
 
+def _personalization_codes(df: pl.DataFrame, train: pl.DataFrame, new_user_max_prior: int,
+                           columns: list[str]) -> tuple[np.ndarray, dict]:
+    """POSO personalization codes ``(N, P)`` from the past only, and ``{names, sizes}``.
+
+    Columns: ``prior_bucket`` (log2 count of earlier events), ``new`` (``n_prior <
+    new_user_max_prior``), then each of ``columns``: a numeric column (e.g. days since sign-up) as
+    the log2 bucket of ``max(x, 0) + 1``; any other column as its train vocabulary (0 = unseen/null).
+    """
+    codes = [df["prior_bucket"].to_numpy(), (df["n_prior"] < new_user_max_prior).cast(pl.Int64).to_numpy()]
+    names, sizes = ["prior_bucket", "new"], [N_PRIOR_BUCKETS, 2]
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(f"prep.personalization: column '{col}' is not in the events ({df.columns})")
+        if df[col].dtype.is_numeric():
+            x = df[col].cast(pl.Float64).fill_null(0.0).clip(0.0)
+            code = (x + 1).log(2).floor().clip(0, N_PRIOR_BUCKETS - 1).cast(pl.Int64) + 1
+            sizes.append(N_PRIOR_BUCKETS + 1)
+        else:
+            vocab = sorted(train[col].cast(pl.String).drop_nulls().unique().to_list())
+            code = df[col].cast(pl.String).replace_strict(vocab, list(range(1, len(vocab) + 1)), default=0,
+                                                          return_dtype=pl.Int64)
+            sizes.append(len(vocab) + 1)
+        codes.append(code.to_numpy())
+        names.append(col)
+    return np.stack(codes, axis=1).astype(np.int64), {"names": names, "sizes": sizes}
+
+
 def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_frac: float, test_frac: float,
-                 new_user_max_prior: int, stream_len: int, stream_overlap: int, min_count: int = 1
+                 new_user_max_prior: int, stream_len: int, stream_overlap: int, min_count: int = 1,
+                 activity_buckets: list[int] | None = None, personalization: list[str] | None = None
                  ) -> tuple[dict[str, np.ndarray], dict]:
-    """All arrays of the per-event layout and the manifest fields that describe them."""
+    """All arrays of the per-event layout and the manifest fields that describe them.
+
+    ``activity_buckets`` adds the past-only ``activity`` cohort; ``personalization`` names extra
+    event columns (activity level, days since sign-up) for the POSO code ``pcode``.
+    """
     validate(events, spec)
-    df = events.with_row_index("_row").sort([USER, TS, "_row"])
+    df = sort_events(events)
     val_start, test_start = time_cuts(df[TS], val_frac, test_frac)
     df = df.with_columns(split_expr(val_start, test_start), prior_count_expr()).with_columns(prior_bucket_expr())
     train = df.filter(pl.col("split") == TRAIN)
@@ -102,8 +168,9 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
             y = y.log1p() if t.transform == "log1p" else y
             task_stats[t.name] = {"mean": float(y.mean()), "std": float(y.std() or 1.0) or 1.0}
 
-    cohorts, cohort_names = _cohort_codes(df, spec, new_user_max_prior)
-    pos, valid = history_positions(df, history_len)
+    cohorts, cohort_names = _cohort_codes(df, spec, new_user_max_prior, activity_buckets)
+    pcode, pcode_info = _personalization_codes(df, train, new_user_max_prior, list(personalization or []))
+    ends, n_prior = history_ends(df)  # each event's history: rows [ends - n_prior, ends)
     binary = df.select(spec.binary_tasks).to_numpy().astype(np.int8).reshape(df.height, -1)
     user_key = (df[USER].rank("dense") - 1).cast(pl.Int64).to_numpy()
     user_offsets = np.searchsorted(user_key, np.arange(user_key.max() + 2))
@@ -119,9 +186,10 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "n_prior": df["n_prior"].to_numpy(),
         "prior_bucket": df["prior_bucket"].to_numpy(),
         "cohorts": cohorts.astype(np.int64),
-        "hist_item": gather_history(item.astype(np.int64), pos, valid),
-        "hist_label": gather_history(binary, pos, valid),
-        "prev_label": gather_history(binary, pos[:, -1], valid[:, -1]),
+        "pcode": pcode,
+        "hist_item": gather_windows(item.astype(np.int64), ends, n_prior, history_len),
+        "hist_label": gather_windows(binary, ends, n_prior, history_len),
+        "prev_label": gather_windows(binary, ends, n_prior, 1)[:, 0],
         "user_offsets": user_offsets.astype(np.int64),
         "stream_rows": stream_rows,
         "stream_scored": stream_scored,
@@ -145,6 +213,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "prior_buckets": N_PRIOR_BUCKETS,
         "new_user_max_prior": new_user_max_prior,
         "cohorts": cohort_names,
+        "pcode": pcode_info,
     }
     return arrays, fields
 
@@ -179,10 +248,12 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) 
 
 def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, history_len: int = 20,
             val_frac: float = 0.1, test_frac: float = 0.1, new_user_max_prior: int = 20,
-            stream_len: int = 32, stream_overlap: int = 8, min_count: int = 1, config: dict | None = None) -> Path:
+            stream_len: int = 32, stream_overlap: int = 8, min_count: int = 1,
+            activity_buckets: list[int] | None = None, personalization: list[str] | None = None,
+            config: dict | None = None) -> Path:
     """Validate, split, encode and write ``events`` as a prepared per-event dataset at ``out_dir``."""
     arrays, fields = build_arrays(events, spec, history_len, val_frac, test_frac, new_user_max_prior,
-                                  stream_len, stream_overlap, min_count)
+                                  stream_len, stream_overlap, min_count, activity_buckets, personalization)
     manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
                 "config_hash": config_hash(config or {})}
     return write_dataset(Path(out_dir), arrays, manifest)

@@ -83,23 +83,64 @@ def _rows(df: pl.DataFrame, mask: pl.Expr, col: str, limit: int = 5) -> str:
     return ", ".join(f"row {r}: {v!r}" for r, v in bad.iter_rows())
 
 
+MAX_TS_MS = 7_258_118_400_000  # 2200-01-01: a later "ms" timestamp is almost surely in us / ns (see ts_unit)
+ID_DTYPES = "integer or string"
+
+
+def config_key(col: str, spec: EventSpec) -> str:
+    """The data config key that asks for column ``col`` (named in errors)."""
+    if col in (USER, ITEM, TS):
+        return f"data.source.columns.{col}"
+    if col in spec.task_names:
+        return f"data.tasks.{col}"
+    for key in ("categorical", "numeric", "cohorts"):
+        if col in getattr(spec, key):
+            return f"data.{key}"
+    return col
+
+
+def _is_id_dtype(dtype: pl.DataType) -> bool:
+    return dtype.is_integer() or dtype in (pl.String, pl.Categorical, pl.Enum) or isinstance(
+        dtype, (pl.Categorical, pl.Enum))
+
+
 def validate(df: pl.DataFrame, spec: EventSpec) -> None:
-    """Check ``df`` against the canonical schema; raise :class:`SchemaError` naming column and rows."""
+    """Check ``df`` against the canonical schema; raise :class:`SchemaError` naming column and rows.
+
+    Allowed and handled later (documented in docs/reliability.md): rows in any order (sorted by
+    user and time when prepared), nulls in numeric features (0 after standardising) and cohort
+    columns ("UNKNOWN"), exact duplicate rows (dropped by :func:`drop_duplicates` before this).
+    """
     if df.height == 0:
         raise SchemaError("the event log is empty: no rows to prepare")
     needed = [USER, ITEM, TS, *spec.task_names, *spec.categorical, *spec.numeric, *spec.cohorts]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise SchemaError(f"missing column(s) {missing}; the events have {df.columns}")
+        keys = ", ".join(f"'{c}' (asked for by {config_key(c, spec)})" for c in missing)
+        raise SchemaError(f"missing column(s) {missing}: {keys}; the events have {df.columns}")
+    for col in (USER, ITEM):
+        if not _is_id_dtype(df.schema[col]):
+            raise SchemaError(f"column '{col}' must hold {ID_DTYPES} ids, got {df.schema[col]} "
+                              f"({_rows(df, pl.lit(True), col, 3)}); ids too large for int64/int128 are read as "
+                              "floats and lose digits: read them as strings")
     if not df.schema[TS].is_integer():
         raise SchemaError(f"column '{TS}' must be an integer timestamp in ms, got {df.schema[TS]}")
     for col in [USER, ITEM, TS, *spec.task_names, *spec.categorical]:
         if df[col].null_count():
             raise SchemaError(f"column '{col}' has {df[col].null_count()} null(s): {_rows(df, pl.col(col).is_null(), col)}")
+    negative = pl.col(TS) < 0
+    if df.select(negative.any()).item():
+        raise SchemaError(f"column '{TS}' has negative timestamps: {_rows(df, negative, TS)}; "
+                          "timestamps are ms since 1970 (see data.source.ts_unit)")
+    future = pl.col(TS) > MAX_TS_MS
+    if df.select(future.any()).item():
+        raise SchemaError(f"column '{TS}' has timestamps after the year 2200 in ms: {_rows(df, future, TS)}; "
+                          "is data.source.ts_unit right (us or ns logs read as ms look like this)?")
     for t in spec.tasks:
         dtype = df.schema[t.name]
         if not (dtype.is_numeric() or dtype == pl.Boolean):
-            raise SchemaError(f"task column '{t.name}' must be numeric, got {dtype}")
+            raise SchemaError(f"task column '{t.name}' must be numeric, got {dtype}: "
+                              f"{_rows(df, pl.lit(True), t.name, 3)}")
         if t.kind == "binary":
             bad = ~pl.col(t.name).cast(pl.Float64).is_in([0.0, 1.0])
             if df.select(bad.any()).item():
@@ -114,7 +155,18 @@ def validate(df: pl.DataFrame, spec: EventSpec) -> None:
     for col in spec.numeric:
         dtype = df.schema[col]
         if not dtype.is_numeric():
-            raise SchemaError(f"numeric feature column '{col}' must be numeric, got {dtype}")
+            raise SchemaError(f"numeric feature column '{col}' must be numeric, got {dtype}: "
+                              f"{_rows(df, pl.lit(True), col, 3)}")
         bad = pl.col(col).is_not_null() & ~pl.col(col).cast(pl.Float64).is_finite()
         if df.select(bad.any()).item():
             raise SchemaError(f"numeric feature column '{col}' has NaN or infinite values: {_rows(df, bad, col)}")
+
+
+def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``df`` without exact duplicate rows (the first of each kept, order kept) and how many were dropped.
+
+    A row repeated in every column (same user, item, time, labels and features) is a logging
+    artefact, not a second exposure: kept, it would count twice in training and in the metrics.
+    """
+    out = df.unique(maintain_order=True, keep="first")
+    return out, df.height - out.height

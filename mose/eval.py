@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mose.callbacks import cli_errors, load_checkpoint
 from mose.module import MultiTaskModule
 from mose.paths import CONF_DIR
 from mose.results import summary, write_metrics
@@ -19,6 +20,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise SystemExit(f"error: ckpt_path={cfg.ckpt_path} is not a file")
+    load_checkpoint(ckpt)  # weights_only: refuses a checkpoint carrying pickled code, with a clear error
     module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     data = dict(module.hparams.data)
     if cfg.data_dir:
@@ -38,7 +40,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with cli_errors():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -114,18 +114,69 @@ class MultiTaskMetrics(Metric):
 
 
 class GateUsage(Metric):
-    """Mean gate weight per task and expert over the scored events: ``update(gates (M, T, E))``."""
+    """Gate diagnostics over the scored events: ``update(gates (M, T, E), cohorts (M, C) | None)``.
+
+    ``compute()`` returns tensors: ``usage (T, E)`` mean gate weight per task and expert (expert
+    utilization), ``entropy (T,)`` mean per-event gate entropy (nats; ``log E`` is uniform),
+    ``load_cv (T,)`` coefficient of variation (std / mean over experts) of each task's expert load
+    (``usage``), ``load_cv_all ()`` the same for the load summed over tasks, ``routed (T, E)`` the
+    fraction of events with a non-zero weight on each expert (sparse gates), and per cohort value
+    (``cohort_sizes`` the number of values of each cohort column) ``cohort_usage (V, T, E)``,
+    ``cohort_entropy (V, T)`` with ``V = sum(cohort_sizes)`` (cohort-major), NaN for empty values.
+    All states are sums, reduced over DDP processes.
+    """
 
     full_state_update = False
 
-    def __init__(self, n_tasks: int, n_experts: int) -> None:
+    def __init__(self, n_tasks: int, n_experts: int, cohort_sizes: list[int] | tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.add_state("total", default=torch.zeros(n_tasks, n_experts, dtype=torch.double), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.double), dist_reduce_fx="sum")
+        self.cohort_sizes = list(cohort_sizes)
+        offsets = torch.tensor([0, *self.cohort_sizes[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets[: len(self.cohort_sizes)], persistent=False)
+        n_values = sum(self.cohort_sizes)
+        dbl = dict(dtype=torch.double)
+        self.add_state("total", default=torch.zeros(n_tasks, n_experts, **dbl), dist_reduce_fx="sum")
+        self.add_state("entropy", default=torch.zeros(n_tasks, **dbl), dist_reduce_fx="sum")
+        self.add_state("nonzero", default=torch.zeros(n_tasks, n_experts, **dbl), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), **dbl), dist_reduce_fx="sum")
+        self.add_state("cohort_total", default=torch.zeros(n_values, n_tasks, n_experts, **dbl), dist_reduce_fx="sum")
+        self.add_state("cohort_entropy", default=torch.zeros(n_values, n_tasks, **dbl), dist_reduce_fx="sum")
+        self.add_state("cohort_count", default=torch.zeros(n_values, **dbl), dist_reduce_fx="sum")
 
-    def update(self, gates: torch.Tensor) -> None:
-        self.total += gates.detach().double().sum(0)
-        self.count += gates.shape[0]
+    def update(self, gates: torch.Tensor, cohorts: torch.Tensor | None = None) -> None:
+        g = gates.detach().double()
+        ent = -(g * g.clamp_min(1e-12).log()).sum(-1)  # (M, T)
+        self.total += g.sum(0)
+        self.entropy += ent.sum(0)
+        self.nonzero += (g > 0).double().sum(0)
+        self.count += g.shape[0]
+        if self.cohort_sizes and cohorts is not None:
+            codes = cohorts.long() + self.offsets  # (M, C): flat index of each row's value per cohort
+            valid = (cohorts >= 0) & (cohorts < torch.tensor(self.cohort_sizes, device=cohorts.device))
+            for j in range(codes.shape[1]):  # a handful of cohort columns, not rows
+                idx = codes[valid[:, j], j]
+                self.cohort_total.index_add_(0, idx, g[valid[:, j]])
+                self.cohort_entropy.index_add_(0, idx, ent[valid[:, j]])
+                self.cohort_count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.double))
 
-    def compute(self) -> torch.Tensor:
-        return self.total / self.count.clamp_min(1)
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count.clamp_min(1)
+        usage = self.total / n
+        load = usage.sum(0)
+        cohort_n = self.cohort_count[:, None]
+        empty = cohort_n == 0
+        return {
+            "usage": usage,
+            "entropy": self.entropy / n,
+            "load_cv": cv(usage),
+            "load_cv_all": cv(load),
+            "routed": self.nonzero / n,
+            "cohort_usage": torch.where(empty[..., None], torch.nan, self.cohort_total / cohort_n.clamp_min(1)[..., None]),
+            "cohort_entropy": torch.where(empty, torch.nan, self.cohort_entropy / cohort_n.clamp_min(1)),
+        }
+
+
+def cv(x: torch.Tensor) -> torch.Tensor:
+    """Coefficient of variation over the last dim (population std / mean); 0 when the mean is 0."""
+    mean = x.mean(-1)
+    return torch.where(mean > 0, x.std(-1, unbiased=False) / mean.clamp_min(1e-12), torch.zeros_like(mean))

@@ -13,6 +13,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from mose.metrics import GateUsage, MultiTaskMetrics
 from mose.plots import gate_heatmap
 from mose.nn.embeddings import InputSpec
+from mose.nn.mixture import competitive_nll, mixture_logits
+from mose.weighting import Fixed, shared_parameters
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -22,13 +24,17 @@ class MultiTaskModule(pl.LightningModule):
     ``model`` a Hydra config with ``_target_``; ``input_spec`` the fields of :class:`InputSpec`;
     ``tasks`` ``{name: {kind, weight, transform}}``; ``task_stats`` train mean/std of each
     regression target after its transform; ``cohorts`` ``{cohort: [value names]}``; ``data`` the
-    data config the model was trained on (used by ``mose-eval``).
-    Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target.
+    data config the model was trained on (used by ``mose-eval``); ``weighting`` a Hydra config of a
+    :mod:`mose.weighting` method (default: fixed task weights).
+    Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target; a
+    model that returns ``aux["expert_logits"]`` (Jacobs et al.'s competitive mixture, see
+    :mod:`mose.models.omoe`) trains with the mixture's negative log-likelihood instead. ``aux["loss"]``
+    (e.g. load balancing) is added to the training loss.
     """
 
     def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
                  cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data: dict | None = None) -> None:
+                 data: dict | None = None, weighting: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tasks = list(tasks)
@@ -39,8 +45,12 @@ class MultiTaskModule(pl.LightningModule):
         self.register_buffer("log1p", torch.tensor([tasks[t].get("transform", "none") == "log1p" for t in self.tasks]))
         self.register_buffer("mean", torch.tensor([task_stats.get(t, {}).get("mean", 0.0) for t in self.tasks]))
         self.register_buffer("std", torch.tensor([task_stats.get(t, {}).get("std", 1.0) for t in self.tasks]))
-        spec = InputSpec(**{**input_spec, "cat_vocab": tuple(input_spec["cat_vocab"])})
+        spec = InputSpec(**{**input_spec, "cat_vocab": tuple(input_spec["cat_vocab"]),
+                            "cat_names": tuple(input_spec.get("cat_names", ()))})
         self.model = instantiate(model, _partial_=True, _convert_="all")(input_spec=spec, tasks=self.tasks)
+        binary = [kinds[t] == "binary" for t in self.tasks]
+        self.weighting = (instantiate(weighting, _convert_="all", tasks=self.tasks, binary=binary) if weighting
+                          else Fixed(self.tasks, binary))
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
         self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
         self.results: dict[str, dict[str, float]] = {}
@@ -67,16 +77,45 @@ class MultiTaskModule(pl.LightningModule):
         if "mask" in batch:
             logits, rows = logits[batch["mask"]], {k: v[batch["mask"]] for k, v in rows.items()}
         z = (self.transformed(rows["labels"]) - self.mean) / self.std
+        aux = out.get("aux", {})
+        if "expert_logits" in aux:  # competitive mixture of whole predictors (Jacobs et al. 1991)
+            experts, gates = aux["expert_logits"], aux["gates"]
+            if "mask" in batch:
+                experts, gates = experts[batch["mask"]], gates[batch["mask"]]
+            return (competitive_nll(experts, gates, z, self.binary).mean(0),
+                    mixture_logits(experts, gates, self.binary), rows, aux)
         bce = F.binary_cross_entropy_with_logits(logits, z, reduction="none")
         losses = torch.where(self.binary, bce, (logits - z) ** 2).mean(0)
-        return losses, logits, rows, out.get("aux", {})
+        return losses, logits, rows, aux
+
+    def _grad_scale(self) -> float:
+        """The AMP grad scaler's current scale (16-mixed), else 1."""
+        try:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        except RuntimeError:  # not attached to a trainer
+            return 1.0
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def combined_loss(self, losses: torch.Tensor, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss from the per-task losses ``(T,)`` by ``self.weighting``, plus ``aux["loss"]``;
+        also the effective task weights ``(T,)``."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss, weights = self.weighting(losses, self.weights, params, shared_parameters(self.model),
+                                       self._grad_scale())
+        return loss + aux.get("loss", 0.0), weights
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses, logits, _, aux = self._step(batch)
-        loss = (self.weights * losses).sum() + aux.get("loss", 0.0)
+        loss, task_weights = self.combined_loss(losses, aux)
+        from mose.callbacks import nonfinite_batch  # NaN/inf loss: raise (stop) or True (skip the batch)
+        if nonfinite_batch(self, loss, losses, self.tasks):
+            return None
         size = len(logits)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{t}/loss": losses[i] for i, t in enumerate(self.tasks)}, batch_size=size)
+        self.log_dict({f"train/{t}/weight": task_weights[i] for i, t in enumerate(self.tasks)}, batch_size=size)
+        if "loss" in aux:
+            self.log("train/aux_loss", aux["loss"], batch_size=size)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
@@ -87,8 +126,9 @@ class MultiTaskModule(pl.LightningModule):
         if "gates" in aux:
             gates = aux["gates"][batch["mask"]] if "mask" in batch else aux["gates"]  # (M, tasks, E)
             if split not in self.gate_usage:
-                self.gate_usage[split] = GateUsage(*gates.shape[-2:]).to(self.device)
-            self.gate_usage[split].update(gates)
+                sizes = [len(v) for v in (self.hparams.cohorts or {}).values()]
+                self.gate_usage[split] = GateUsage(*gates.shape[-2:], sizes).to(self.device)
+            self.gate_usage[split].update(gates, rows["cohorts"])
 
     def _eval_epoch_end(self, split: str) -> None:
         values = self.metrics[split].compute()
@@ -99,13 +139,42 @@ class MultiTaskModule(pl.LightningModule):
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=False)
 
     def _gate_diagnostics(self, split: str) -> dict[str, float]:
-        """Mean gate weight per task and expert; the heatmap goes to TensorBoard."""
-        usage = self.gate_usage[split].compute().float().cpu()
+        """Gate diagnostics as flat metrics (see :class:`GateUsage`); heatmaps go to TensorBoard.
+
+        ``gates/<task>/e<i>`` expert utilization, ``gates/<task>/entropy``, ``gates/<task>/load_cv``,
+        ``gates/load_cv`` (load over all tasks), ``gates/<task>/routed_mean`` (mean fraction of
+        events an expert gets a non-zero weight for), ``gates/cohort/<c>=<v>/<task>/e<i>`` and
+        ``.../entropy`` per cohort value.
+        """
+        d = {k: v.float().cpu() for k, v in self.gate_usage[split].compute().items()}
         self.gate_usage[split].reset()
+        usage, n_experts = d["usage"], d["usage"].shape[1]
+        out: dict[str, float] = {}
+        for i, t in enumerate(self.tasks):
+            out |= {f"gates/{t}/e{e}": float(usage[i, e]) for e in range(n_experts)}
+            out |= {f"gates/{t}/entropy": float(d["entropy"][i]), f"gates/{t}/load_cv": float(d["load_cv"][i]),
+                    f"gates/{t}/routed_mean": float(d["routed"][i].mean())}
+        out["gates/load_cv"] = float(d["load_cv_all"])
+        rows, labels = [], []
+        v = 0
+        for cohort, values in (self.hparams.cohorts or {}).items():
+            for value in values:
+                if not bool(d["cohort_usage"][v].isnan().any()):
+                    for i, t in enumerate(self.tasks):
+                        key = f"gates/cohort/{cohort}={value}/{t}"
+                        out |= {f"{key}/e{e}": float(d["cohort_usage"][v, i, e]) for e in range(n_experts)}
+                        out[f"{key}/entropy"] = float(d["cohort_entropy"][v, i])
+                        rows.append(d["cohort_usage"][v, i])
+                        labels.append(f"{cohort}={value}/{t}")
+                v += 1
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            fig = gate_heatmap(usage.numpy(), self.tasks, f"{split} expert utilization")
-            self.logger.experiment.add_figure(f"{split}/gates", fig, global_step=self.global_step)
-        return {f"gates/{t}/e{e}": float(usage[i, e]) for i, t in enumerate(self.tasks) for e in range(usage.shape[1])}
+            tb = self.logger.experiment
+            tb.add_figure(f"{split}/gates", gate_heatmap(usage.numpy(), self.tasks, f"{split} expert utilization"),
+                          global_step=self.global_step)
+            if rows:
+                fig = gate_heatmap(torch.stack(rows).numpy(), labels, f"{split} expert utilization per cohort")
+                tb.add_figure(f"{split}/gates_by_cohort", fig, global_step=self.global_step)
+        return out
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -22,3 +22,34 @@ def gate_heatmap(usage: np.ndarray, tasks: list[str], title: str = "expert utili
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return fig
+
+
+def metric_vs(series: dict[str, dict[str, dict[float, list[float]]]], xlabel: str,
+              baseline: str | None = None) -> plt.Figure:
+    """One panel per metric: ``{metric: {model: {x: [values over seeds]}}}`` as mean ± std lines against
+    ``x``; with a ``baseline`` model present, a second row shows each model's mean minus the baseline's."""
+    metrics = list(series)
+    has_base = baseline is not None and all(baseline in series[m] for m in metrics)
+    rows = 2 if has_base else 1
+    fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False)
+    for c, metric in enumerate(metrics):
+        for model, points in series[metric].items():
+            xs = sorted(points)
+            values = [np.array([v for v in points[x] if not np.isnan(v)]) for x in xs]
+            mean = np.array([v.mean() if len(v) else np.nan for v in values])
+            std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+            axes[0, c].errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=model)
+            if has_base and model != baseline:
+                base = series[metric][baseline]
+                delta = [mean[i] - np.nanmean(base[x]) if x in base else np.nan for i, x in enumerate(xs)]
+                axes[1, c].plot(xs, delta, marker="o", label=f"{model} - {baseline}")
+        axes[0, c].set_title(metric, fontsize=10)
+        axes[0, c].set_xlabel(xlabel, fontsize=8)
+        axes[0, c].legend(fontsize=7)
+        if has_base:
+            axes[1, c].axhline(0, color="gray", lw=0.8)
+            axes[1, c].set_title(f"{metric}: model - {baseline}", fontsize=10)
+            axes[1, c].set_xlabel(xlabel, fontsize=8)
+            axes[1, c].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,7 +1,10 @@
 """``mose-report DIR``: a markdown table of test metrics (model x task, mean ± std over seeds) from runs.
 
 Every ``metrics.json`` below ``DIR`` is one run (a single run folder or a Hydra multirun folder);
-runs are grouped by the model config chosen (``model=...``) and the data set.
+runs are grouped by the model config chosen (``model=...``) and the data set, and with
+``--by KEY`` also by a config value (e.g. ``data.source.task_correlation``); ``--plot PNG`` draws
+a metric against that value per model. ``--negative-transfer`` compares every multi-task model
+with the single-task baseline per task (the seesaw effect).
 """
 
 from __future__ import annotations
@@ -35,6 +38,24 @@ def load_runs(root: str | Path) -> list[dict]:
     return runs
 
 
+def config_value(run: dict, key: str):
+    """The value of a dotted config ``key`` in a run's ``.hydra/config.yaml`` (None if absent)."""
+    path = Path(run["dir"]) / ".hydra" / "config.yaml"
+    if not path.exists():
+        return None
+    node = yaml.safe_load(path.read_text())
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
 def _mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -55,17 +76,68 @@ def task_columns(runs: list[dict], metrics: tuple[str, ...]) -> list[str]:
     return list(keys) + [f"{m}_mean" for m in metrics if any(f"{m}_mean" in r["test"] for r in runs)]
 
 
-def markdown_table(runs: list[dict], metrics: tuple[str, ...] = ("auc", "mse")) -> str:
-    """Model x task table; each cell ``mean ± std`` over the group's runs (seeds)."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+def markdown_table(runs: list[dict], metrics: tuple[str, ...] = ("auc", "mse"), by: str | None = None) -> str:
+    """Model x task table; each cell ``mean ± std`` over the group's runs (seeds); ``by`` adds a column
+    (and a grouping) for that config key."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["data"], run["model"])].append(run)
+        groups[(run["data"], *([config_value(run, by)] if by else []), run["model"])].append(run)
+    if by:
+        groups = dict(sorted(groups.items(), key=lambda kv: (kv[0][0], -_num(kv[0][1]))))
     columns = task_columns(runs, metrics)
-    lines = ["| data | model | runs | " + " | ".join(columns) + " |",
-             "|---|---|---|" + "---|" * len(columns)]
-    for (data, model), group in groups.items():
+    lines = [f"| data | {by + ' | ' if by else ''}model | runs | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---|" * (len(columns) + bool(by))]
+    for key, group in groups.items():
         cells = [_mean_std([r["test"].get(c, math.nan) for r in group]) for c in columns]
-        lines.append(f"| {data} | {model} | {len(group)} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(str(k) for k in key) + f" | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def by_value(runs: list[dict], by: str, metric: str) -> dict[str, dict[float, list[float]]]:
+    """``{model: {value of by: [metric of each run]}}``."""
+    out: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        out[run["model"]][_num(config_value(run, by))].append(run["test"].get(metric, math.nan))
+    return out
+
+
+def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
+                            metrics: tuple[str, ...] = ("auc", "mse")) -> str:
+    """Every other model minus ``baseline`` per task, on the means over seeds, per data set.
+
+    A cell is ``delta (model mean)``; ▼ marks negative transfer (AUC lower / MSE higher than the
+    single-task model). The last column counts the tasks with negative transfer.
+    """
+    lower_better = ("mse", "logloss")
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in runs):
+        sub = [r for r in runs if r["data"] == data]
+        base = [r for r in sub if r["model"] == baseline]
+        if not base:
+            lines.append(f"\n{data}: no '{baseline}' runs to compare with\n")
+            continue
+        columns = [c for c in task_columns(sub, metrics) if "/" in c]
+        ref = {c: _mean([r["test"].get(c, math.nan) for r in base]) for c in columns}
+        lines += [f"\n**{data}** (baseline {baseline}: " + ", ".join(f"{c} {v:.4f}" for c, v in ref.items()) + ")\n",
+                  "| model | runs | " + " | ".join(columns) + " | negative transfer |",
+                  "|---|---|" + "---|" * (len(columns) + 1)]
+        for model in dict.fromkeys(r["model"] for r in sub if r["model"] != baseline):
+            group = [r for r in sub if r["model"] == model]
+            cells, worse = [], 0
+            for c in columns:
+                m = _mean([r["test"].get(c, math.nan) for r in group])
+                delta = m - ref[c]
+                bad = delta > 0 if c.endswith(lower_better) else delta < 0
+                worse += bool(bad) and not math.isnan(delta)
+                cells.append("-" if math.isnan(delta) else f"{delta:+.4f}{' ▼' if bad else ''} ({m:.4f})")
+            lines.append(f"| {model} | {len(group)} | " + " | ".join(cells) + f" | {worse}/{len(columns)} |")
     return "\n".join(lines)
 
 
@@ -74,13 +146,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", help="a run or multirun folder (searched recursively for metrics.json)")
     parser.add_argument("--out", help="markdown file to write (default: DIR/report.md)")
     parser.add_argument("--metrics", default="auc,mse", help="comma-separated metrics per task (auc,gauc,logloss,mse)")
+    parser.add_argument("--by", help="also group by this config key, e.g. data.source.task_correlation")
+    parser.add_argument("--plot", help="PNG: --plot-metric against the --by value, one line per model")
+    parser.add_argument("--plot-metric", default="auc_mean", help="comma-separated metrics to plot (one panel each)")
+    parser.add_argument("--negative-transfer", action="store_true",
+                        help="add every model minus the --baseline model per task")
+    parser.add_argument("--baseline", default="single_task", help="baseline model for --negative-transfer / --plot deltas")
     args = parser.parse_args(argv)
     runs = load_runs(args.dir)
     if not runs:
         raise SystemExit(f"error: no metrics.json found under {args.dir}")
-    table = markdown_table(runs, tuple(args.metrics.split(",")))
+    metrics = tuple(args.metrics.split(","))
+    table = markdown_table(runs, metrics, args.by)
+    text = f"# Test metrics ({len(runs)} runs from {args.dir})\n\nmean ± std over runs (seeds)\n\n{table}\n"
+    if args.negative_transfer:
+        nt = negative_transfer_table(runs, args.baseline, metrics)
+        text += f"\n## Negative transfer: each model minus {args.baseline} (mean over seeds)\n{nt}\n"
+        table += "\n" + nt
+    if args.plot:
+        if not args.by:
+            raise SystemExit("error: --plot needs --by KEY (the x axis)")
+        from mose.plots import metric_vs
+        series = {m: by_value(runs, args.by, m) for m in args.plot_metric.split(",")}
+        metric_vs(series, args.by, args.baseline).savefig(args.plot, dpi=120)
+        print(f"plot: {args.plot}")
     out = Path(args.out or Path(args.dir) / "report.md")
-    out.write_text(f"# Test metrics ({len(runs)} runs from {args.dir})\n\nmean ± std over runs (seeds)\n\n{table}\n")
+    out.write_text(text)
     print(table)
     print(f"written to {out}")
 

@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import event_spec
+from mose.callbacks import cli_errors, find_resume_checkpoint
+from mose.config_checks import check_config
 from mose.data.datamodule import EventDataModule
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
@@ -30,6 +32,12 @@ def build_datamodule(data: dict, eval_batch_size: int | None = None) -> EventDat
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """One run: returns the test metrics (also written to ``<run dir>/metrics.json``)."""
+    return run(cfg)[0]
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
+    """One run: the test metrics and the best ``val/auc_mean`` (the score of the tested checkpoint)."""
+    check_config(cfg)  # config errors stop here, naming the key (mose/config_checks.py)
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -41,25 +49,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
         input_spec=asdict(InputSpec.from_manifest(manifest)),
         tasks=event_spec(data).to_dict()["tasks"], task_stats=manifest["task_stats"], cohorts=manifest["cohorts"],
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, data=data,
+        weighting=OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None,
     )
     logger = instantiate(cfg.logger)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-    trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=find_resume_checkpoint(cfg.resume, out_dir),
+                weights_only=True)
+    trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)
     test = module.results["test"]
+    best = trainer.checkpoint_callback.best_model_score  # val/auc_mean of the tested checkpoint
+    best_val = float(best) if best is not None else float(module.results.get("val", {}).get("auc_mean", "nan"))
     if trainer.is_global_zero:
         path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, data=data["name"],
                              seed=cfg.seed, checkpoint=trainer.checkpoint_callback.best_model_path,
-                             epochs=trainer.current_epoch)
+                             epochs=trainer.current_epoch, global_step=trainer.global_step)
         print(summary(test, list(data["tasks"])))
         print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  (tensorboard --logdir outputs)")
-    return test
+    return test, best_val
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)["auc_mean"]
+    """Returns the best ``val/auc_mean``: what a sweeper (``hparams_search=...``) maximises, never a test metric."""
+    with cli_errors():  # error: ... and exit 2 (config, data, checkpoint), 3 (NaN loss), 143 (SIGTERM)
+        return run(cfg)[1]
 
 
 if __name__ == "__main__":

@@ -157,4 +157,4 @@ def test_gate_usage_mean():
     gu.update(g1)
     gu.update(g2)
     expected = (g1.sum(0) + g2.sum(0)).double() / 3
-    assert torch.allclose(gu.compute(), expected)
+    assert torch.allclose(gu.compute()["usage"], expected)

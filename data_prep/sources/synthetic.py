@@ -4,7 +4,8 @@ How it is generated: items have latent vectors ``v`` and Zipf-like exposure popu
 heavy-tailed activity and an interest vector that drifts smoothly over the window,
 ``u(t) = cos(phase(t)) a + sin(phase(t)) b``. A ``new_user_fraction`` of users sign up in the last
 ~30% of the window and have 3-30 events each; their taste is a shared "newcomer" vector plus small
-personal noise, without drift, and they are twice as position sensitive. Each exposure is a slot
+personal noise, without drift, and they are ``new_user_position_factor`` (default 2) times as
+position sensitive. Each exposure is a slot
 (``position``) on a feed page whose items share one timestamp. As in the MMoE paper's synthetic
 data (Ma et al., 2018), the interaction features ``x = sqrt(d) u(t) * v`` (elementwise) feed three
 task scores ``z_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i)`` whose weight vectors have cosine
@@ -55,6 +56,7 @@ def generate(
     new_user_fraction: float = 0.2,
     drift: float = 1.0,
     position_bias: float = 0.15,
+    new_user_position_factor: float = 2.0,
     days: int = 30,
     seed: int = 0,
     return_scores: bool = False,
@@ -126,7 +128,7 @@ def generate(
     z = task_scores(x, w, rng.normal(0.0, 1.0, N_SINES), rng.normal(0.0, 1.0, N_SINES))
     device_effect = np.array([0.0, -0.15, 0.15])[device]
     click_logit = (1.4 * z[:, 0] + user_bias[user] + item_bias[item] + device_effect
-                   - position_bias * np.where(new, 2.0, 1.0) * position - 0.8)
+                   - position_bias * np.where(new, new_user_position_factor, 1.0) * position - 0.8)
     like_logit = 1.4 * z[:, 1] + 0.5 * user_bias[user] + item_bias[item] - 2.6
     log_watch = np.log(20.0) + 0.6 * z[:, 2] + 2 * device_effect
     click = rng.random(n) < 1 / (1 + np.exp(-click_logit))

@@ -10,8 +10,18 @@ from torch.utils.data import Dataset
 
 from data_prep.split import SPLITS
 
-FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "hist_item", "hist_label")
-STEP_FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "prev_label")
+FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "hist_item", "hist_label",
+          "pcode")
+STEP_FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "prev_label", "pcode")
+OPTIONAL = ("pcode",)  # absent from datasets prepared before POSO codes existed
+
+
+def load_arrays(root: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Memory-map ``<field>.npy`` for each field; optional fields may be missing."""
+    return {f: np.load(root / f"{f}.npy", mmap_mode="r") for f in fields
+            if f not in OPTIONAL or (root / f"{f}.npy").exists()}
+
+
 WINDOWS = ("chunks", "next_step")
 
 
@@ -24,7 +34,7 @@ class EventSplit(Dataset):
 
     def __init__(self, root: str | Path, split: str, fields: tuple[str, ...] = FIELDS) -> None:
         root = Path(root)
-        self.arrays = {f: np.load(root / f"{f}.npy", mmap_mode="r") for f in fields}
+        self.arrays = load_arrays(root, fields)
         self.index = np.flatnonzero(np.load(root / "split.npy") == SPLITS.index(split))
 
     def __len__(self) -> int:
@@ -52,7 +62,7 @@ class StreamSplit(Dataset):
         if windows not in WINDOWS:
             raise ValueError(f"data.windows must be one of {WINDOWS}, got '{windows}'")
         root = Path(root)
-        self.arrays = {f: np.load(root / f"{f}.npy", mmap_mode="r") for f in STEP_FIELDS}
+        self.arrays = load_arrays(root, STEP_FIELDS)
         in_split = np.load(root / "split.npy") == SPLITS.index(split)
         self.windows = windows
         if windows == "chunks":

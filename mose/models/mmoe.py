@@ -1,4 +1,8 @@
-"""MMoE (Ma et al., KDD 2018): shared experts, one softmax gate per task."""
+"""MMoE (Ma et al., KDD 2018): shared experts, one softmax gate per task.
+
+``top_k > 0`` swaps the dense softmax gates for noisy top-k gates (Shazeer et al., 2017): the
+sparsely gated MoE as MMoE's expert layer, with its importance/load losses in ``aux["loss"]``.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,41 @@ from torch import nn
 from mose.nn.embeddings import FeatureEmbedding, InputSpec
 from mose.nn.experts import GroupedMLP
 from mose.nn.gates import SoftmaxGates, mix
+from mose.nn.topk_gates import NoisyTopKGates
 from mose.nn.towers import Towers, task_logits
 
 
 class MMoE(nn.Module):
     """``embed -> E experts (one batched op) -> per-task gate mix -> per-task towers``.
 
-    ``aux["gates"]`` holds the gate weights ``(B, T, E)``.
+    ``aux["gates"]`` holds the gate weights ``(B, T, E)``; with ``top_k`` also ``aux["loss"]``.
     """
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
-                 expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0) -> None:
+                 expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
+                 top_k: int = 0, noisy: bool = True, w_importance: float = 0.01, w_load: float = 0.01) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
         self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout)
-        self.gates = SoftmaxGates(self.embed.out_dim, len(self.tasks), n_experts)
+        if top_k:
+            self.gates = NoisyTopKGates(self.embed.out_dim, len(self.tasks), n_experts, top_k, noisy,
+                                        w_importance, w_load)
+        else:
+            self.gates = SoftmaxGates(self.embed.out_dim, len(self.tasks), n_experts)
         self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the experts' output layer."""
+        return list(self.experts.layers[-1].parameters())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         x = self.embed(batch)
-        gates = self.gates(x)  # (B, T, E)
+        aux = {}
+        if isinstance(self.gates, NoisyTopKGates):
+            gates, aux["loss"] = self.gates(x)
+        else:
+            gates = self.gates(x)  # (B, T, E)
+        aux["gates"] = gates
         mixed = mix(self.experts(x), gates)  # (B, T, H)
-        return {**task_logits(self.towers(mixed), self.tasks), "aux": {"gates": gates}}
+        return {**task_logits(self.towers(mixed), self.tasks), "aux": aux}

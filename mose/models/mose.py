@@ -9,6 +9,10 @@ Gates: ``gate="step"`` (default) computes a gate at each step from the bottom ou
 step (causal). ``gate="window"`` computes one gate per window from the bottom outputs of all
 its steps, as in the paper; it sees later steps, so use it only with ``data.windows=next_step``
 (each window scores its last event alone).
+
+``poso=True`` adds POSO (Dai et al., 2021) on the experts, which the POSO paper did not do: each
+expert's output at each step is scaled by a personalized gate ``C * sigmoid(MLP(x_pc))`` of the
+step's past-only personalization code ``batch["pcode"] (B, T, P)``, times the task gate.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from mose.nn.embeddings import FeatureEmbedding, InputSpec
 from mose.nn.encoders import MeanPool
 from mose.nn.experts import GroupedLinear
 from mose.nn.gates import SoftmaxGates
+from mose.nn.poso import PersonalizationCode, PersonalizedGate, poso_mix
 from mose.nn.sequence import GroupedSequence
 from mose.nn.towers import step_logits
 
@@ -32,7 +37,8 @@ class MoSE(nn.Module):
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, cell: str = "lstm",
                  bottom_hidden: int = 64, bottom_layers: int = 1, n_experts: int = 4, expert_hidden: int = 32,
                  expert_layers: int = 1, tower_hidden: int = 16, tower_layers: int = 1, gate: str = "step",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, poso: bool = False, poso_scale: float = 2.0, poso_hidden: int = 32,
+                 pc_dim: int = 8) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"model.gate must be one of {GATES}, got '{gate}'")
@@ -46,6 +52,8 @@ class MoSE(nn.Module):
                                       shared_input=False)
         self.heads = GroupedLinear(n, tower_hidden, 1)
         self.pool = MeanPool()
+        self.pc = PersonalizationCode(tuple(input_spec.pcode_vocab), pc_dim) if poso else None
+        self.expert_gate = PersonalizedGate(self.pc.out_dim, n_experts, poso_hidden, poso_scale) if poso else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         h = self.bottom(self.embed(batch)).squeeze(2)  # (B, T, Hb)
@@ -55,5 +63,10 @@ class MoSE(nn.Module):
         else:
             window = self.pool(h, batch["valid"])  # (B, Hb)
             gates = self.gates(window).unsqueeze(1).expand(-1, h.shape[1], -1, -1)
-        mixed = torch.einsum("bteh,btge->btgh", experts, gates)  # (B, T, tasks, He)
-        return {**step_logits(self.heads, self.towers(mixed), self.tasks), "aux": {"gates": gates}}
+        aux = {"gates": gates}
+        if self.expert_gate is not None:
+            aux["poso_gates"] = personal = self.expert_gate(self.pc(batch["pcode"]))  # (B, T, E)
+            mixed = poso_mix(experts, gates, personal)
+        else:
+            mixed = torch.einsum("bteh,btge->btgh", experts, gates)  # (B, T, tasks, He)
+        return {**step_logits(self.heads, self.towers(mixed), self.tasks), "aux": aux}

@@ -21,6 +21,8 @@ class InputSpec:
     history_len: int
     n_history_labels: int
     n_prior_buckets: int
+    pcode_vocab: tuple[int, ...] = ()  # sizes of the POSO personalization-code columns (batch["pcode"])
+    cat_names: tuple[str, ...] = ()  # names of the categorical columns (batch["cat"] order), if known
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> InputSpec:
@@ -29,6 +31,8 @@ class InputSpec:
             n_users=v["user_id"], n_items=v["item_id"], cat_vocab=tuple(v[c] for c in spec["categorical"]),
             n_numeric=len(spec["numeric"]), history_len=manifest["history_len"],
             n_history_labels=len(manifest["history_labels"]), n_prior_buckets=manifest["prior_buckets"],
+            pcode_vocab=tuple(manifest.get("pcode", {}).get("sizes", ())),
+            cat_names=tuple(spec["categorical"]),
         )
 
 
@@ -38,6 +42,8 @@ class FeatureEmbedding(nn.Module):
     Works on any leading shape ``(*)``: ``(B,)`` events or ``(B, T)`` stream steps.
     ``history=True`` adds the history: the mean of its items' embeddings plus a projection of
     their labels (one item table embeds both the candidate and the history).
+    ``pool_history=False`` keeps the history tokens (:meth:`history`) out of the output, for a
+    model that fuses them itself (attention); the output is then the non-sequential part only.
     ``previous_labels=True`` adds the labels of the user's previous event (stream steps).
     The elementwise products user x item (and history x item) are added as interaction
     features, as in NeuMF's generalized matrix factorization: an MLP learns dot products poorly.
@@ -45,7 +51,8 @@ class FeatureEmbedding(nn.Module):
     hist_item ``(*, K)``; hist_label ``(*, K, L)``; prev_label ``(*, L)``. Output ``(*, out_dim)``.
     """
 
-    def __init__(self, spec: InputSpec, dim: int = 16, history: bool = True, previous_labels: bool = False) -> None:
+    def __init__(self, spec: InputSpec, dim: int = 16, history: bool = True, previous_labels: bool = False,
+                 pool_history: bool = True) -> None:
         super().__init__()
         self.user = nn.Embedding(spec.n_users, dim)
         self.item = nn.Embedding(spec.n_items, dim, padding_idx=0)
@@ -53,9 +60,9 @@ class FeatureEmbedding(nn.Module):
         self.prior = nn.Embedding(spec.n_prior_buckets, dim)
         n_labels = spec.n_history_labels
         self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
-        self.pool = MeanPool() if history else None
+        self.pool = MeanPool() if history and pool_history else None
         self.previous_labels = previous_labels
-        self.out_dim = dim * (4 + 2 * history + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
+        self.out_dim = dim * (4 + 2 * (self.pool is not None) + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """History tokens ``(B, K, dim)`` and their mask ``(B, K)``."""

@@ -1,0 +1,213 @@
+"""Preparation throughput and peak memory: raw Parquet log -> prepared dataset (per-event + per-stream arrays).
+
+    python bench/prep_bench.py [--sizes 1e5 1e6 1e7] [--big]
+
+For each size the synthetic source (``data_prep/sources/synthetic.py``, ``conf/data/synthetic.yaml``
+features and prep settings) is generated in chunks of users and written to Parquet once (cached in
+``bench/.cache``, not timed). Then, each in a fresh child process that reports its own peak RSS
+(``ru_maxrss``):
+
+- **in-memory**: ``pl.read_parquet`` + ``data_prep.prepare.prepare`` (what ``mose-prep`` runs: the
+  per-event arrays and the per-stream ``stream_rows``/``stream_scored`` are built by the same call);
+- **partitioned**: ``data_prep.partitioned.prepare_partitioned`` (user-hash partitions, memmapped
+  output) on the same Parquet.
+
+Prints a table (events/s, peak RSS, output size) with the scaling exponent (slope of log time vs
+log n). ``--big`` adds the partitioned prep of 1e8 events (about 30 GB of output; generation of the
+raw data alone takes ~10 minutes on 2 cores). ``--profile N`` prints the top functions of the
+in-memory prep at N events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, peak_rss_gib, run_child
+
+CACHE = ROOT / "bench/.cache"
+CHUNK = 2_000_000
+EVENTS_PER_USER = 200  # as conf/data/synthetic.yaml (200k events, 1000 users)
+N_ITEMS = 10_000
+
+
+def data_config() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "conf/data/synthetic.yaml").read_text())
+
+
+def raw_dir(n: int) -> Path:
+    return CACHE / f"raw-{n:.0e}".replace("+", "")
+
+
+def _chunk(args: tuple[int, int, int, Path]) -> None:
+    import polars as pl
+
+    from data_prep.sources.synthetic import generate
+
+    i, m, chunk, out = args
+    ev = generate(n_events=m, n_users=max(10, m // EVENTS_PER_USER), n_items=N_ITEMS, seed=i)
+    ev = ev.with_columns(pl.col("user_id") + i * (chunk // EVENTS_PER_USER))  # each chunk its own users
+    ev.write_parquet(out / f"part-{i:05d}.parquet")
+
+
+def generate_raw(n: int, out: Path, chunk: int = CHUNK, workers: int = 2) -> Path:
+    """``n`` synthetic events as Parquet files of at most ``chunk`` events (``workers`` processes)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if (out / "_SUCCESS").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    jobs = [(i, min(chunk, n - start), chunk, out) for i, start in enumerate(range(0, n, chunk))]
+    if len(jobs) == 1 or workers == 1:
+        for job in jobs:
+            _chunk(job)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_chunk, jobs))
+    (out / "_SUCCESS").write_text(str(n))
+    return out
+
+
+def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
+    import polars as pl
+
+    from data_prep.build import event_spec
+
+    data = data_config()
+    spec, prep = event_spec(data), data["prep"]
+    files = sorted(raw.glob("*.parquet"))
+    timings: dict = {}
+    start = time.perf_counter()
+    if mode == "memory":
+        from data_prep.prepare import prepare
+
+        events = pl.read_parquet(files)
+        timings["read"] = time.perf_counter() - start
+        prepare(events, spec, out, **prep)
+        n = events.height
+        del events
+    else:
+        from data_prep.partitioned import prepare_partitioned
+
+        prepare_partitioned(files, spec, out, **prep, rows_per_partition=rows_per_partition, timings=timings)
+        n = json.loads((out / "manifest.json").read_text())["n_events"]
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in out.iterdir())
+    return {"mode": mode, "n": n, "seconds": seconds, "rss_gib": peak_rss_gib(), "out_gib": size / 2**30,
+            "timings": timings}
+
+
+def profile(n: int, top: int = 12) -> list[tuple[str, float]]:
+    """Cumulative seconds of the slowest functions of the in-memory prep of ``n`` events."""
+    import cProfile
+    import pstats
+
+    import polars as pl
+
+    from data_prep.build import event_spec
+    from data_prep.prepare import prepare
+
+    data = data_config()
+    events = pl.read_parquet(sorted(generate_raw(n, raw_dir(n)).glob("*.parquet")))
+    prof = cProfile.Profile()
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        prof.enable()
+        prepare(events, event_spec(data), Path(tmp) / "d", **data["prep"])
+        prof.disable()
+    stats = pstats.Stats(prof).stats
+    rows = []
+    for (file, line, fn), (_, _, tt, ct, _) in stats.items():
+        if "data_prep" in file or fn in ("sort", "collect", "save", "join", "take", "to_numpy"):
+            rows.append((f"{Path(file).name}:{fn}", ct, tt))
+    rows.sort(key=lambda r: -r[1])
+    return [(name, ct) for name, ct, _ in rows[:top]]
+
+
+def exponent(ns: list[int], ts: list[float]) -> float:
+    """Least-squares slope of log(time) vs log(n)."""
+    x, y = [math.log(n) for n in ns], [math.log(t) for t in ts]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+
+
+def run(sizes: list[int], big: bool = False, rows_per_partition: int = 2_000_000,
+        partitioned_sizes: list[int] | None = None) -> dict:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partitioned_sizes = partitioned_sizes if partitioned_sizes is not None else sizes
+    results = []
+    gen_s = {}
+    for n in sorted(set(sizes) | set(partitioned_sizes) | ({100_000_000} if big else set())):
+        start = time.perf_counter()
+        run_child([__file__, "--child", "gen", "--n", str(n)])
+        gen_s[n] = time.perf_counter() - start
+        modes = ([("memory", n)] if n in sizes else []) + ([("partitioned", n)] if n in partitioned_sizes
+                                                            or n == 100_000_000 else [])
+        for mode, _ in modes:
+            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+                r = run_child([__file__, "--child", mode, "--raw", str(raw_dir(n)), "--out", str(Path(tmp) / "d"),
+                               "--rows-per-partition", str(rows_per_partition)])
+            r["events_per_s"] = r["n"] / r["seconds"]
+            print(f"  prep {mode:11s} n={n:.0e}: {r['seconds']:.1f}s, {r['events_per_s']:,.0f} events/s, "
+                  f"peak RSS {r['rss_gib']:.2f} GiB, output {r['out_gib']:.2f} GiB", flush=True)
+            results.append(r)
+        if n >= 20_000_000:
+            shutil.rmtree(raw_dir(n), ignore_errors=True)
+    slopes = {}
+    for mode in ("memory", "partitioned"):
+        rs = [r for r in results if r["mode"] == mode and r["n"] < 100_000_000]
+        if len(rs) >= 2:
+            slopes[mode] = exponent([r["n"] for r in rs], [r["seconds"] for r in rs])
+    return {"results": results, "exponents": slopes, "generate_s": gen_s}
+
+
+def table(res: dict) -> list[str]:
+    lines = ["| path | events | seconds | events / s | peak RSS (GiB) | output (GiB) | breakdown (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        br = ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items() if k != "total")
+        lines.append(f"| {r['mode']} | {r['n']:.0e} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | "
+                     f"{r['rss_gib']:.2f} | {r['out_gib']:.2f} | {br} |")
+    lines += ["", "Scaling exponent (slope of log seconds vs log events; 1.0 = linear): " + ", ".join(
+        f"{m} {s:.2f}" for m, s in res["exponents"].items())]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
+    parser.add_argument("--big", action="store_true", help="also the partitioned prep of 1e8 events")
+    parser.add_argument("--rows-per-partition", type=int, default=2_000_000)
+    parser.add_argument("--profile", type=float, default=0, help="profile the in-memory prep at this size")
+    parser.add_argument("--child", choices=["gen", "memory", "partitioned"], help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--raw", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child == "gen":
+        generate_raw(args.n, raw_dir(args.n))
+        print(json.dumps({"rss_gib": peak_rss_gib()}))
+        return
+    if args.child:
+        print(json.dumps(child(args.child, Path(args.raw), Path(args.out), args.rows_per_partition)))
+        return
+    if args.profile:
+        for name, ct in profile(int(args.profile)):
+            print(f"{ct:8.2f}s  {name}")
+        return
+    res = run([int(s) for s in args.sizes], args.big, args.rows_per_partition)
+    print("\n".join(table(res)))
+
+
+if __name__ == "__main__":
+    main()

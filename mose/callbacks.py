@@ -1,0 +1,216 @@
+"""Run safety: a resumable ``last.ckpt`` (periodic, on SIGTERM / Ctrl-C / non-finite loss), resume
+lookup, guarded checkpoint loading and the non-finite loss policy.
+
+    callbacks:                                # conf/callbacks/default.yaml
+      last_checkpoint: {_target_: mose.callbacks.ResumeCheckpoint, dirpath: ..., every_n_train_steps: 50}
+      nonfinite: {_target_: mose.callbacks.NonFiniteLoss, mode: stop}   # stop | skip
+
+    mose-train ... resume=<run dir> | resume=<file.ckpt> | resume=auto   (see docs/reliability.md)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or unsafe to load; the message names the file."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN / infinite loss; the message names the step and the task(s)."""
+
+
+class ResumeCheckpoint(pl.Callback):
+    """Keeps ``<dirpath>/last.ckpt`` resumable: saved every ``every_n_train_steps`` optimizer steps,
+    after each validation, at the end of training, and when training is interrupted by SIGTERM,
+    Ctrl-C or a non-finite loss (the state before the bad step). Each save is atomic (temp file +
+    rename), so a kill during a save leaves the previous ``last.ckpt`` intact.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` after the current batch; this callback saves
+    the checkpoint then, and ``mose-train`` exits with status 143.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 50, filename: str = LAST) -> None:
+        super().__init__()
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be >= 0 (0 = only at validation), got {every_n_train_steps}")
+        self.dirpath, self.every, self.filename = Path(dirpath), int(every_n_train_steps), filename
+        self._saved_step = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.filename
+
+    def save(self, trainer: pl.Trainer) -> Path:
+        """Write the full trainer state to :attr:`path` atomically (every rank calls this)."""
+        tmp = self.path.with_name(f".{self.filename}.tmp")
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state; rank 0 writes, a barrier on every rank
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._saved_step = trainer.global_step
+        return self.path
+
+    def _fitting(self, trainer: pl.Trainer) -> bool:
+        return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step != self._saved_step and self._fitting(trainer):
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fitting(trainer):
+            self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fitting(trainer) and trainer.global_step != self._saved_step:
+            self.save(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt, NonFiniteLossError)):
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        path = self.save(trainer)
+        what = {SIGTERMException: "SIGTERM", KeyboardInterrupt: "interrupt"}.get(type(exception), "non-finite loss")
+        if trainer.is_global_zero:
+            run_dir = self.dirpath.parent if self.dirpath.name == "checkpoints" else self.dirpath
+            log.warning("%s at step %d: saved %s; continue with resume=%s", what, trainer.global_step, path, run_dir)
+
+
+class NonFiniteLoss(pl.Callback):
+    """What to do when a training loss is NaN or infinite: ``stop`` (raise
+    :class:`NonFiniteLossError` naming the step and task; :class:`ResumeCheckpoint` saves the
+    state before that step) or ``skip`` (drop the batch: no backward, no optimizer step; logged).
+    The check runs in ``MultiTaskModule.training_step`` through :func:`nonfinite_batch`.
+    """
+
+    def __init__(self, mode: str = "stop") -> None:
+        super().__init__()
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"callbacks.nonfinite.mode must be 'stop' or 'skip', got '{mode}'")
+        self.mode = mode
+        self.skipped = 0
+
+
+def nonfinite_batch(module: pl.LightningModule, loss: torch.Tensor, losses: torch.Tensor,
+                    tasks: list[str]) -> bool:
+    """True when this batch must be skipped (non-finite loss, ``mode=skip``); raises in ``mode=stop``.
+
+    ``losses (T,)`` are the per-task losses in ``tasks`` order. Under DDP the decision is shared,
+    so every rank skips (or stops) together.
+    """
+    trainer = getattr(module, "_trainer", None)
+    bad = not bool(torch.isfinite(loss).all())
+    if trainer is not None and trainer.world_size > 1:
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+    if not bad:
+        return False
+    policy = next((c for c in (trainer.callbacks if trainer else []) if isinstance(c, NonFiniteLoss)), None)
+    finite = torch.isfinite(losses.detach())
+    names = [t for t, ok in zip(tasks, finite.tolist()) if not ok] or ["aux loss (load balancing)"]
+    values = ", ".join(f"{t}={float(losses[tasks.index(t)]):g}" for t in names if t in tasks)
+    step = trainer.global_step if trainer else -1
+    where = f"non-finite training loss at step {step} (epoch {trainer.current_epoch if trainer else -1}), " \
+            f"task(s) {names}" + (f": {values}" if values else "")
+    if policy is not None and policy.mode == "skip":
+        policy.skipped += 1
+        log.warning("%s; batch skipped (callbacks.nonfinite.mode=skip, %d skipped so far)", where, policy.skipped)
+        return True
+    raise NonFiniteLossError(f"{where}; stopped (set callbacks.nonfinite.mode=skip to skip such batches). "
+                             "Lower optim.lr or check the inputs.")
+
+
+def find_resume_checkpoint(resume: str | None, run_dir: str | Path) -> str | None:
+    """The checkpoint ``resume`` points at: ``None``; ``auto`` (``<run_dir>/checkpoints/last.ckpt``
+    if present, else a fresh start); a run dir (its ``checkpoints/last.ckpt``); or a ``.ckpt`` file.
+    """
+    if resume in (None, "", "null"):
+        return None
+    if str(resume) == "auto":
+        path = Path(run_dir) / "checkpoints" / LAST
+        if path.is_file():
+            load_checkpoint(path)
+            return str(path)
+        log.info("resume=auto: no %s yet, starting from scratch", path)
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LAST, path / LAST):
+            if candidate.is_file():
+                load_checkpoint(candidate)
+                return str(candidate)
+        raise CheckpointError(f"resume={resume}: a folder without checkpoints/{LAST} (not a mose-train run dir?)")
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume}: no such checkpoint file or run dir")
+    load_checkpoint(path)  # refuse unsafe or unreadable files with a clear message before Lightning sees them
+    return str(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only. A checkpoint that
+    carries other pickled objects (which could run code when loaded) is refused with
+    :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(unsafe_message(path, err)) from None
+    except (EOFError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch checkpoint): "
+                              f"{str(err).splitlines()[0]}") from None
+
+
+def unsafe_message(path: str | Path, err: BaseException) -> str:
+    """A short reason why a checkpoint was refused by ``weights_only=True`` loading."""
+    detail = next((ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()),
+                  str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return (f"refusing to load checkpoint {path}: it holds pickled objects other than tensors and plain data "
+            f"({detail}); loading it could run arbitrary code. mose checkpoints never need this: only load "
+            "checkpoints from sources you trust")
+
+
+EXIT_CODES = {"input": 2, "nonfinite": 3, "sigterm": 143}
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """For console entry points: the suite's own errors print ``error: ...`` instead of a traceback
+    and exit 2 (bad config, data or checkpoint), 3 (non-finite loss) or 143 (SIGTERM, checkpoint
+    saved). ``MOSE_TRACEBACK=1`` re-raises them with the traceback.
+    """
+    from data_prep.schema import SchemaError
+    from mose.config_checks import ConfigError
+
+    try:
+        yield
+    except SIGTERMException:
+        print("interrupted by SIGTERM; checkpoints/last.ckpt holds the state to resume from", file=sys.stderr)
+        sys.exit(EXIT_CODES["sigterm"])
+    except (SchemaError, ConfigError, CheckpointError, NonFiniteLossError) as err:
+        if os.environ.get("MOSE_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CODES["nonfinite" if isinstance(err, NonFiniteLossError) else "input"])

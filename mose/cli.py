@@ -1,0 +1,195 @@
+"""``mose-cli``: the Lightning trainer CLI (LightningCLI) over the same MultiTaskModule and EventDataModule.
+
+    mose-cli fit                                   # the defaults of `mose-train` (conf/train.yaml)
+    mose-cli fit --trainer.max_epochs=3 --model.lr=0.01 --seed_everything=1
+    mose-cli fit --print_config > run.yaml         # a config file to edit, save and re-run:
+    mose-cli fit --config run.yaml
+    mose-cli test --config run.yaml --ckpt_path outputs/cli/tensorboard/checkpoints/last.ckpt
+    mose-cli predict --config run.yaml --ckpt_path ...   # writes predictions.parquet in the log dir
+    mose-cli from-hydra model=mose data.source.n_events=5000 > run.yaml   # any Hydra composition, as a CLI config
+
+Hydra stays the main interface (composition, sweeps); this front end drives the same classes with
+plain-typed constructors. The defaults are the composed Hydra ``train`` config, converted by
+:func:`cli_config` (``_target_`` -> ``class_path``), so the same settings give the same run (same
+seed, same metrics) through either. The data config ``data.data`` is the Hydra ``data`` node; the
+model's ``input_spec``, ``tasks``, ``task_stats``, ``cohorts`` and ``data`` come from the prepared
+dataset (linked, not set by hand).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from data_prep.build import event_spec
+from mose.data.datamodule import EventDataModule
+from mose.module import MultiTaskModule
+from mose.nn.embeddings import InputSpec
+from mose.paths import CONF_DIR
+
+
+class CLIDataModule(EventDataModule):
+    """:class:`EventDataModule` plus a predict loader over ``predict_split`` (for ``mose-cli predict``)."""
+
+    def __init__(self, data: dict, batch_size: int = 1024, eval_batch_size: int = 8192, num_workers: int = 0,
+                 pin_memory: bool = False, layout: str = "per_event", windows: str = "chunks",
+                 predict_split: str = "test") -> None:
+        super().__init__(data, batch_size, eval_batch_size, num_workers, pin_memory, layout, windows)
+        self.predict_split = predict_split
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_split, shuffle=False)
+
+
+class ParquetPredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.parquet`` (``p_<task>`` / ``pred_<task>`` per scored event) into the log dir."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        from mose.predict import output_frame
+
+        preds = []
+        for batch_out in predictions:
+            logits = torch.stack([batch_out[t] for t in pl_module.tasks], dim=-1).float()
+            if "mask" in batch_out:
+                logits = logits[batch_out["mask"]]
+            preds.append(pl_module.predictions(logits).cpu().numpy())
+        frame = output_frame(pl_module, np.concatenate(preds), None)
+        out = Path(trainer.log_dir or trainer.default_root_dir) / f"predictions-rank{trainer.global_rank}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(out)
+        print(f"predictions: {out} ({frame.height:,} events)")
+
+
+def _prepared(dm: EventDataModule) -> dict:
+    dm.prepare_data()
+    return dm.manifest
+
+
+def _input_spec(dm: EventDataModule) -> dict:
+    return asdict(InputSpec.from_manifest(_prepared(dm)))
+
+
+def _task_stats(dm: EventDataModule) -> dict:
+    return _prepared(dm)["task_stats"]
+
+
+def _cohorts(dm: EventDataModule) -> dict:
+    return _prepared(dm)["cohorts"]
+
+
+def _tasks(data: dict) -> dict:
+    return event_spec(data).to_dict()["tasks"]
+
+
+class MoseCLI(LightningCLI):
+    """LightningCLI whose model arguments that depend on the prepared data are linked from the DataModule."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.data", "model.data")
+        parser.link_arguments("data.data", "model.tasks", compute_fn=_tasks)
+        parser.link_arguments("data", "model.input_spec", compute_fn=_input_spec, apply_on="instantiate")
+        parser.link_arguments("data", "model.task_stats", compute_fn=_task_stats, apply_on="instantiate")
+        parser.link_arguments("data", "model.cohorts", compute_fn=_cohorts, apply_on="instantiate")
+
+
+def _to_class_path(node):
+    """Hydra ``{_target_: X, **kw}`` -> LightningCLI ``{class_path: X, init_args: kw}`` (recursively)."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            return {"class_path": node["_target_"],
+                    "init_args": {k: _to_class_path(v) for k, v in node.items() if k != "_target_"}}
+        return {k: _to_class_path(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_to_class_path(v) for v in node]
+    return node
+
+
+def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """A LightningCLI config (``fit`` level: seed_everything, trainer, model, data) equal to a Hydra ``train`` config.
+
+    ``output_dir`` replaces the Hydra run folder (``${hydra:runtime.output_dir}``): logs and checkpoints go there.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    c = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+         for k in cfg if k != "hydra"}
+    data = c["data"]
+    trainer = {k: v for k, v in c["trainer"].items() if k != "_target_"}
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, dict):
+        trainer["strategy"] = _to_class_path(strategy)
+    trainer["default_root_dir"] = str(output_dir)
+    trainer["logger"] = _to_class_path(c["logger"]) if c.get("logger") else False
+    trainer["callbacks"] = [_to_class_path(cb) for cb in (c.get("callbacks") or {}).values()]
+    return {
+        "seed_everything": c["seed"],
+        "trainer": trainer,
+        "model": {"model": c["model"], "lr": c["optim"]["lr"], "weight_decay": c["optim"]["weight_decay"],
+                  **({"weighting": c["weighting"]} if c.get("weighting") else {})},
+        "data": {"data": data, "batch_size": data.get("batch_size", 1024), "num_workers": data.get("num_workers", 0),
+                 "layout": data.get("layout", "per_event"), "windows": data.get("windows", "chunks"),
+                 "eval_batch_size": data.get("eval_batch_size", 8192)},
+    }
+
+
+def hydra_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed Hydra ``train`` config (with ``overrides``), hydra node included."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides or []), return_hydra_config=True)
+
+
+def default_output_dir() -> str:
+    return f"outputs/cli/{datetime.now():%Y-%m-%d}/{datetime.now():%H-%M-%S}"
+
+
+def cli(args: list[str] | dict | None = None, run: bool = True, defaults: dict | None = None) -> MoseCLI:
+    """Build (and with ``run`` execute) the CLI; ``defaults`` (a :func:`cli_config`) default to ``mose-train``'s."""
+    if defaults is None:
+        defaults = cli_config(hydra_config(), default_output_dir())
+    trainer, model, data = defaults["trainer"], defaults["model"], defaults["data"]
+
+    class DefaultsCLI(MoseCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            super().add_arguments_to_parser(parser)
+            parser.set_defaults({f"trainer.{k}": v for k, v in trainer.items()})
+            parser.set_defaults({f"model.{k}": v for k, v in model.items()})
+            parser.set_defaults({f"data.{k}": v for k, v in data.items()})
+
+    return DefaultsCLI(MultiTaskModule, CLIDataModule, args=args, run=run,
+                       seed_everything_default=defaults["seed_everything"],
+                       trainer_defaults={"callbacks": [ParquetPredictionWriter()]},
+                       save_config_kwargs={"overwrite": True})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "from-hydra":
+        import yaml
+
+        print(yaml.safe_dump(cli_config(hydra_config(args[1:]), default_output_dir()), sort_keys=False), end="")
+        return
+    cli(argv)  # None: LightningCLI reads sys.argv itself
+
+
+if __name__ == "__main__":
+    main()

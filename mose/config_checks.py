@@ -1,0 +1,146 @@
+"""Config checks that run before any data is prepared or any step is trained; errors name the key.
+
+    check_config(cfg)   # mose-train calls this first; raises ConfigError("model.top_k=5: ...")
+
+Data-dependent checks (a task or cohort column the events lack) run when the events are
+validated (``data_prep.schema.validate``), before training, and name ``data.tasks.<name>`` /
+``data.cohorts``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from hydra._internal.utils import _locate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from data_prep.build import event_spec
+from data_prep.schema import SchemaError
+
+SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
+LAYOUTS = ("per_event", "per_stream")
+WINDOWS = ("chunks", "next_step")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the offending key."""
+
+
+def _section(cfg: DictConfig | Mapping, key: str) -> dict:
+    """``cfg[key]`` as plain resolved data (only that section is resolved)."""
+    value = cfg.get(key) if isinstance(cfg, (DictConfig, Mapping)) else None
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value or {})
+
+
+def _is_size_key(key: str) -> bool:
+    """Keys that hold a count or width, which must be >= 1."""
+    return key.startswith(("n_", "num_")) or any(w in key for w in ("dim", "hidden", "heads", "top_k", "layers"))
+
+
+def check_model(model: Mapping) -> None:
+    """``model._target_`` imports to an ``nn.Module`` whose constructor takes every other key;
+    sizes are positive, ``dropout`` in [0, 1), ``top_k <= n_experts``.
+    """
+    target = model.get("_target_")
+    if not target:
+        raise ConfigError("model._target_ is missing: pick a model with model=<name> (conf/model/*.yaml)")
+    try:
+        cls = _locate(str(target))
+    except Exception as err:  # ImportError, AttributeError ... from Hydra's locate
+        raise ConfigError(f"model._target_={target}: cannot be imported ({str(err).splitlines()[0]}); "
+                          "the models are in conf/model/*.yaml") from None
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"model._target_={target}: not a torch.nn.Module class")
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    for key, value in model.items():
+        if key.startswith("_"):
+            continue
+        if key in SUPPLIED:
+            raise ConfigError(f"model.{key}: set by the training module from the data; remove it from the config")
+        if not takes_any and key not in params:
+            known = [p for p in params if p not in SUPPLIED and p != "self"]
+            raise ConfigError(f"model.{key}: not a parameter of {target} (it takes {known})")
+        _check_value(f"model.{key}", key, value)
+    top_k, n_experts = model.get("top_k"), model.get("n_experts")
+    if isinstance(top_k, int) and isinstance(n_experts, int) and top_k > n_experts:
+        raise ConfigError(f"model.top_k={top_k}: more than model.n_experts={n_experts}")
+
+
+def _check_value(path: str, key: str, value: Any) -> None:
+    if key == "dropout" or key.endswith("_dropout"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            raise ConfigError(f"{path}={value}: a dropout probability must be in [0, 1)")
+        return
+    ints = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+        return
+    if isinstance(value, (list, tuple)) or _is_size_key(key):
+        bad = [v for v in ints if v < 1]
+        if bad:
+            raise ConfigError(f"{path}={value}: sizes must be positive integers (got {bad[0]})")
+
+
+def _positive(path: str, value: Any, integer: bool = True, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{path}={value}: must be {what} {'>= 0' if allow_zero else '> 0'}")
+
+
+def check_data(data: Mapping) -> None:
+    """Tasks, feature lists, layout and prep sizes of a data config (before any data is read)."""
+    try:
+        event_spec(dict(data))
+    except SchemaError as err:
+        raise ConfigError(str(err)) from None
+    if data.get("layout", "per_event") not in LAYOUTS:
+        raise ConfigError(f"data.layout={data.get('layout')}: must be one of {LAYOUTS}")
+    if data.get("windows", "chunks") not in WINDOWS:
+        raise ConfigError(f"data.windows={data.get('windows')}: must be one of {WINDOWS}")
+    for key in ("batch_size", "eval_batch_size"):
+        if data.get(key) is not None:
+            _positive(f"data.{key}", data[key])
+    if data.get("num_workers") is not None:
+        _positive("data.num_workers", data["num_workers"], allow_zero=True)
+    prep = dict(data.get("prep") or {})
+    for key in ("history_len", "stream_len", "min_count"):
+        if key in prep:
+            _positive(f"data.prep.{key}", prep[key])
+    for key in ("new_user_max_prior", "stream_overlap"):
+        if key in prep:
+            _positive(f"data.prep.{key}", prep[key], allow_zero=True)
+    if "stream_overlap" in prep and "stream_len" in prep and prep["stream_overlap"] >= prep["stream_len"]:
+        raise ConfigError(f"data.prep.stream_overlap={prep['stream_overlap']}: must be less than "
+                          f"data.prep.stream_len={prep['stream_len']}")
+    fracs = {k: prep[k] for k in ("val_frac", "test_frac") if k in prep}
+    for key, value in fracs.items():
+        _positive(f"data.prep.{key}", value, integer=False)
+    if sum(fracs.values()) >= 1:
+        raise ConfigError(f"data.prep.val_frac + data.prep.test_frac = {sum(fracs.values())}: must be < 1")
+
+
+def check_config(cfg: DictConfig | Mapping) -> None:
+    """All static checks of a ``mose-train`` config; raises :class:`ConfigError` naming the key."""
+    check_model(_section(cfg, "model"))
+    check_data(_section(cfg, "data"))
+    optim = _section(cfg, "optim")
+    if "lr" in optim:
+        _positive("optim.lr", optim["lr"], integer=False)
+    if "weight_decay" in optim:
+        _positive("optim.weight_decay", optim["weight_decay"], integer=False, allow_zero=True)
+    trainer = cfg.get("trainer") or {}  # not resolved: it may use ${hydra:...}
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={max_epochs}: must be a positive integer (or -1 for no limit)")
+    nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}
+    mode = nonfinite.get("mode", "stop")
+    if mode not in ("stop", "skip"):
+        raise ConfigError(f"callbacks.nonfinite.mode={mode}: must be 'stop' or 'skip'")

@@ -1,0 +1,114 @@
+"""``mose-export CKPT``: a trained model as a TorchScript (or ONNX) file that maps input tensors to predictions.
+
+    mose-export outputs/runs/<date>/<time>/checkpoints/last.ckpt --out model.pt             # TorchScript
+    mose-export outputs/runs/<date>/<time>/checkpoints/last.ckpt --format onnx --out model.onnx  # pip install '.[onnx]'
+
+The exported graph takes the batch fields listed in ``<out>.json`` (``inputs``: name, dtype, shape
+with ``B`` the batch axis), positionally in that order (ONNX: by ``onnx_name``, ``input_<field>``), and returns predictions ``(B, T)`` (per-stream
+models: ``(B, S, T)``, read at the scored steps ``mask``): probabilities for binary tasks, target-scale
+values for regression tasks (log1p scale where the task is log1p-transformed), tasks in ``tasks`` order.
+Feed it the arrays ``mose.predict.CandidateEncoder`` builds (the preprocessing is not in the graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_prep.build import ensure_prepared
+from mose.data.datasets import EventSplit, StreamSplit
+from mose.module import MultiTaskModule
+from mose.predict import load_module
+
+FORMATS = ("torchscript", "onnx")
+
+
+class ScoringModel(nn.Module):
+    """A trained model as ``forward(*tensors) -> predictions (B, [S,] T)``, tensors in ``fields`` order."""
+
+    def __init__(self, module: MultiTaskModule, fields: list[str]) -> None:
+        super().__init__()
+        self.model = module.model  # the plain nn.Module (a LightningModule does not trace outside a Trainer)
+        self.tasks, self.fields = list(module.tasks), list(fields)
+        for name in ("binary", "mean", "std"):
+            self.register_buffer(name, getattr(module, name).clone())
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.fields, tensors))
+        out = self.model(batch)
+        logits = torch.stack([out[t] for t in self.tasks], dim=-1).float()  # (B, [S,] T)
+        return torch.where(self.binary, torch.sigmoid(logits), logits * self.std + self.mean)
+
+
+def example_batch(module: MultiTaskModule, size: int = 64, split: str = "test") -> dict[str, torch.Tensor]:
+    """A batch of ``size`` events (per-stream: windows) of the checkpoint's prepared dataset."""
+    data = dict(module.hparams.data)
+    root = ensure_prepared(data)
+    per_stream = data.get("layout", "per_event") == "per_stream"
+    ds = StreamSplit(root, split, "next_step") if per_stream else EventSplit(root, split)
+    return ds.__getitems__(list(range(min(size, len(ds)))))
+
+
+def model_fields(batch: dict[str, torch.Tensor]) -> list[str]:
+    """Batch fields the exported graph takes (all but labels, user keys and cohorts, which only metrics read)."""
+    return [f for f in batch if f not in ("labels", "user_key", "cohorts")]
+
+
+def onnx_input_names(fields: list[str]) -> list[str]:
+    """ONNX graph input names: ``input_<field>`` (a bare ``cat`` would clash with a node's name)."""
+    return [f"input_{f}" for f in fields]
+
+
+def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", batch_size: int = 64) -> Path:
+    """Write the model of ``ckpt_path`` to ``out`` (``fmt`` torchscript | onnx) and ``<out>.json`` describing its inputs."""
+    if fmt not in FORMATS:
+        raise SystemExit(f"error: --format must be one of {FORMATS}, got '{fmt}'")
+    module = load_module(ckpt_path)
+    batch = example_batch(module, batch_size)
+    fields = model_fields(batch)
+    wrapper = ScoringModel(module, fields).eval()
+    inputs = tuple(batch[f] for f in fields)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(wrapper, inputs, check_trace=False, strict=False)
+            traced.save(str(out))
+        else:
+            try:
+                import onnx  # noqa: F401
+                import onnxscript  # noqa: F401
+            except ImportError:
+                raise SystemExit("error: ONNX export needs the optional extra: pip install torch==2.13.0 '.[onnx]'") from None
+            batch_dim = torch.export.Dim("batch", min=1)
+            torch.onnx.export(wrapper, inputs, str(out), input_names=onnx_input_names(fields), output_names=["predictions"],
+                              dynamic_shapes=(tuple({0: batch_dim} for _ in fields),), dynamo=True)  # one entry: *tensors
+    meta = {
+        "format": fmt, "checkpoint": str(ckpt_path), "tasks": module.tasks,
+        "kinds": {t: module.hparams.tasks[t].get("kind", "binary") for t in module.tasks},
+        "layout": module.hparams.data.get("layout", "per_event"),
+        "inputs": [{"name": f, "onnx_name": n, "dtype": str(batch[f].dtype).removeprefix("torch."),
+                    "shape": ["B", *batch[f].shape[1:]]}
+                   for f, n in zip(fields, onnx_input_names(fields))],
+    }
+    Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mose-export", description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="a checkpoint written by mose-train")
+    parser.add_argument("--format", default="torchscript", choices=FORMATS)
+    parser.add_argument("--out", help="output file (default: beside the checkpoint, model.pt / model.onnx)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(args.ckpt).with_name("model.pt" if args.format == "torchscript" else "model.onnx")
+    path = export(args.ckpt, out, args.format)
+    print(f"exported {args.format}: {path} (inputs: {path}.json)")
+
+
+if __name__ == "__main__":
+    main()

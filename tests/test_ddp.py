@@ -1,0 +1,118 @@
+"""Distributed: metrics are synced over the whole validation set across ranks (AUC under a 2-process
+gloo group equals the single-process AUC); ``trainer=ddp_sim`` trains every model in conf/model/;
+only rank 0 prepares the data and writes metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mose.metrics import MultiTaskMetrics
+from mose.paths import CONF_DIR
+
+TASKS = {"click": "binary", "like": "binary", "watch": "regression"}
+COHORTS = {"new_user": ["new", "regular"], "group": ["a", "b", "c"]}
+
+
+def fake_predictions(n: int = 997, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    preds = torch.rand(n, 3, generator=g)
+    targets = torch.cat([(torch.rand(n, 2, generator=g) < preds[:, :2]).float(), torch.rand(n, 1, generator=g)], 1)
+    users = torch.randint(0, 40, (n,), generator=g)
+    cohorts = torch.stack([torch.randint(0, 2, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)], 1)
+    return preds, targets, users, cohorts
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data = fake_predictions()
+        metric = MultiTaskMetrics(TASKS, COHORTS)
+        shard = torch.arange(len(data[0]))[rank::world]  # uneven shards (997 rows), several batches each
+        for batch in shard.split(100):
+            metric.update(*(x[batch] for x in data))
+        values = metric.compute()
+        if rank == 0:
+            Path(out).write_text(json.dumps(values))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_sync_across_ranks_equals_single_process(tmp_path):
+    out = tmp_path / "ddp.json"
+    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    ddp = json.loads(out.read_text())
+    single = MultiTaskMetrics(TASKS, COHORTS)
+    single.update(*fake_predictions())
+    expected = single.compute()
+    assert ddp.keys() == expected.keys() and "cohort/group=c/like/gauc" in ddp
+    for key, value in expected.items():
+        assert math.isclose(ddp[key], value, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(value) and math.isnan(ddp[key])), key
+    assert ddp["cohort/new_user=new/n_events"] + ddp["cohort/new_user=regular/n_events"] == 997
+
+
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+TINY = ["data.source.n_events=3000", "data.source.n_users=60", "data.source.n_items=60", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "data.batch_size=32", "data.prep.stream_len=8",
+        "data.prep.stream_overlap=2", "data.prep.history_len=5"]
+
+
+def train_ddp(model: str, tmp_path: Path, data_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    exe = shutil.which("mose-train")
+    cmd = [exe] if exe else [sys.executable, "-m", "mose.train"]
+    run = tmp_path / f"run-{model}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "trainer=ddp_sim", f"model={model}", *TINY, f"paths.data_dir={data_dir}",
+                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=400)
+    return proc, run
+
+
+def check_ddp_run(proc: subprocess.CompletedProcess, run: Path) -> dict:
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("metrics.json")) == ["metrics.json"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert math.isfinite(metrics["test"]["auc_mean"])
+    return metrics
+
+
+def test_ddp_sim_trains_and_rank0_writes(tmp_path):
+    """Fresh data dir: one process prepares (under a lock), one metrics.json, all test events scored once."""
+    data_dir = tmp_path / "data"
+    proc, run = train_ddp("mmoe", tmp_path, data_dir)
+    metrics = check_ddp_run(proc, run)
+    log = proc.stdout + proc.stderr + "".join(p.read_text() for p in run.glob("*.log"))
+    assert log.count("loaded 3000 events") == 1, log[-3000:]  # prepared once, by rank 0
+    assert not list(data_dir.glob(".synthetic.tmp-*"))
+    manifest = json.loads((data_dir / "synthetic" / "manifest.json").read_text())
+    test = metrics["test"]
+    scored = test["cohort/new_user=new/n_events"] + test["cohort/new_user=regular/n_events"]
+    # DistributedSampler pads the last shard with at most world_size - 1 repeated events
+    assert manifest["splits"]["test"] <= scored <= manifest["splits"]["test"] + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "mmoe"])
+def test_ddp_sim_trains_every_model(model, tmp_path_factory):
+    data_dir = tmp_path_factory.getbasetemp() / "ddp-data"  # shared: prepared by the first model's run
+    proc, run = train_ddp(model, tmp_path_factory.mktemp(model), data_dir)
+    check_ddp_run(proc, run)

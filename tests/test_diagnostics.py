@@ -1,0 +1,86 @@
+"""Gate diagnostics: utilization per task and cohort, entropy, load imbalance; through a real run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from mose.metrics import GateUsage, cv
+from mose.plots import gate_heatmap
+from tests.test_train_e2e import compose_with_output, data_overrides
+
+
+def test_gate_usage_entropy_cv_and_cohorts():
+    gu = GateUsage(1, 2, cohort_sizes=[2, 3])
+    gates = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]], [[0.0, 1.0]], [[0.5, 0.5]]])  # (M=4, T=1, E=2)
+    cohorts = torch.tensor([[0, 2], [0, 2], [1, 0], [1, 0]])  # cohort A (2 values), cohort B (3 values)
+    gu.update(gates[:2], cohorts[:2])
+    gu.update(gates[2:], cohorts[2:])
+    d = gu.compute()
+    assert torch.allclose(d["usage"], torch.tensor([[0.5, 0.5]], dtype=torch.double))
+    assert torch.allclose(d["entropy"], torch.tensor([math.log(2) / 2], dtype=torch.double))  # 0, ln2, 0, ln2
+    assert torch.allclose(d["load_cv"], torch.zeros(1, dtype=torch.double))
+    assert torch.allclose(d["routed"], torch.tensor([[0.75, 0.75]], dtype=torch.double))
+    cu = d["cohort_usage"]  # rows: A=0, A=1, B=0, B=1, B=2
+    assert cu.shape == (5, 1, 2)
+    assert torch.allclose(cu[0, 0], torch.tensor([0.75, 0.25], dtype=torch.double))  # A=0: rows 0, 1
+    assert torch.allclose(cu[1, 0], torch.tensor([0.25, 0.75], dtype=torch.double))  # A=1: rows 2, 3
+    assert torch.allclose(cu[2, 0], cu[1, 0]) and torch.allclose(cu[4, 0], cu[0, 0])
+    assert cu[3].isnan().all() and d["cohort_entropy"][3].isnan().all()  # B=1: no rows
+    assert torch.allclose(d["cohort_entropy"][0], torch.tensor([math.log(2) / 2], dtype=torch.double))
+
+
+def test_load_cv_hand_computed():
+    usage = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    mean, std = 0.25, math.sqrt(((0.45 ** 2) + 3 * (0.15 ** 2)) / 4)
+    assert cv(usage).item() == pytest.approx(std / mean)
+    gu = GateUsage(2, 4)
+    gu.update(torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]]))
+    d = gu.compute()
+    assert d["load_cv"][0].item() == pytest.approx(std / mean) and d["load_cv"][1].item() == pytest.approx(0.0)
+    load = torch.tensor([0.95, 0.35, 0.35, 0.35])
+    assert d["load_cv_all"].item() == pytest.approx(cv(load).item())
+
+
+def test_heatmap_accepts_any_row_labels():
+    fig = gate_heatmap(torch.rand(4, 3).numpy(), ["a=1/click", "a=1/like", "a=2/click", "a=2/like"])
+    assert len(fig.axes[0].get_yticklabels()) == 4
+
+
+def test_gated_run_writes_diagnostics_and_trains_with_pcgrad(events_parquet, tmp_path):
+    """PLE + PCGrad through the real Hydra config: gate diagnostics in metrics.json and TensorBoard."""
+    from mose.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = compose_with_output("train", data_overrides(events_parquet, tmp_path / "data") + [
+        "model=ple", "model.embed_dim=4", "model.expert=[8]", "model.tower=[4]", "weighting=pcgrad",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "seed=0",
+    ], run_dir)
+    try:
+        test = train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert metrics == pytest.approx(test)
+    n_experts = 3 * 1 + 2  # 3 tasks x 1 specific + 2 shared
+    for t in ("click", "like", "watch_time"):
+        usage = [metrics[f"gates/{t}/e{e}"] for e in range(n_experts)]
+        assert sum(usage) == pytest.approx(1.0, abs=1e-5)
+        assert 0 <= metrics[f"gates/{t}/entropy"] <= math.log(3) + 1e-6  # own expert + 2 shared
+        assert metrics[f"gates/{t}/load_cv"] >= 0
+    assert metrics["gates/click/e1"] == 0.0 and metrics["gates/like/e0"] == 0.0  # other tasks' experts
+    for g in ("a", "b"):
+        assert f"gates/cohort/user_group={g}/click/e0" in metrics
+        assert f"gates/cohort/user_group={g}/like/entropy" in metrics
+    assert "gates/load_cv" in metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    acc.Reload()
+    assert {"test/gates", "test/gates_by_cohort"} <= set(acc.Tags()["images"])
+    assert "test/gates/click/entropy" in acc.Tags()["scalars"]
+    assert "train/click/weight" in acc.Tags()["scalars"]

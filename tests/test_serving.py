@@ -1,0 +1,141 @@
+"""Serving: ``mose-predict`` encodes raw candidates like training did; exported models score like the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from data_prep.prepare import read_manifest
+from data_prep.schema import TS, USER
+from mose.paths import CONF_DIR
+
+TINY = ["data.source.n_events=5000", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", "model.embed_dim=8"]
+
+
+def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as ``@hydra.main`` would, with its run dir at ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    output_dir.mkdir(parents=True, exist_ok=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A 1-epoch MMoE on 5000 synthetic events (~5 s)."""
+    from mose.train import train
+
+    tmp = tmp_path_factory.mktemp("serving")
+    cfg = compose_run("train", [*TINY, f"paths.data_dir={tmp / 'data'}"], tmp / "run")
+    train(cfg)
+    yield Path(json.loads((tmp / "run" / "metrics.json").read_text())["checkpoint"])
+    GlobalHydra.instance().clear()
+
+
+def raw_split(module, split_start: str = "test_start") -> pl.DataFrame:
+    """The raw events of the checkpoint's test split, as candidates, in prepared row order."""
+    data = dict(module.hparams.data)
+    cuts = read_manifest(data["dir"])["cuts"]
+    events = instantiate(data["source"]).with_row_index("_row").sort([USER, TS, "_row"]).drop("_row")
+    return events.filter(pl.col(TS) >= cuts[split_start])
+
+
+def test_candidates_are_encoded_like_training(checkpoint):
+    """Raw test events scored as candidates == the prepared test split scored: same vocab, history, features."""
+    from mose.predict import load_module, score_candidates, score_split
+
+    module = load_module(checkpoint)
+    _, from_prepared = score_split(module, "test")
+    labels_dropped = raw_split(module).drop("click", "like", "watch_time")
+    from_raw = score_candidates(module, labels_dropped)
+    assert from_raw.shape == from_prepared.shape == (len(labels_dropped), 3)
+    torch.testing.assert_close(torch.from_numpy(from_raw), torch.from_numpy(from_prepared))
+
+
+def test_ranking_score_is_weighted_product():
+    from mose.predict import ranking_score
+
+    p = {"click": np.array([0.5, 0.2]), "like": np.array([0.25, 1.0])}
+    np.testing.assert_allclose(ranking_score(p, {"click": 1.0, "like": 0.5}), [0.5 * 0.5, 0.2 * 1.0])
+    with pytest.raises(SystemExit, match="nope"):
+        ranking_score(p, {"nope": 1.0})
+
+
+def test_predict_writes_parquet(checkpoint, tmp_path):
+    from mose.predict import load_module, predict
+
+    cands = raw_split(load_module(checkpoint)).head(300).rename({"user_id": "uid"}).drop("click", "like")
+    cands.write_parquet(tmp_path / "cands.parquet")
+    cfg = compose_run("predict", [f"ckpt_path={checkpoint}", f"candidates={tmp_path / 'cands.parquet'}",
+                                  "columns={user_id: uid}", "score_weights={click: 1.0, like: 0.5}"],
+                      tmp_path / "predict")
+    out = pl.read_parquet(predict(cfg))
+    assert out.height == 300 and out["uid"].to_list() == cands["uid"].to_list()  # input order kept
+    assert {"p_click", "p_like", "pred_watch_time", "score"} <= set(out.columns)
+    assert out["p_click"].is_between(0, 1).all() and (out["pred_watch_time"] >= -1e-6).all()
+    np.testing.assert_allclose(out["score"], out["p_click"] * out["p_like"] ** 0.5, rtol=1e-5)
+
+    cfg = compose_run("predict", [f"ckpt_path={checkpoint}", "split=val"], tmp_path / "predict_val")
+    out = pl.read_parquet(predict(cfg))
+    assert {"row", "label_click", "p_click", "score"} <= set(out.columns)
+    np.testing.assert_allclose(out["score"], out["p_click"] * out["p_like"], rtol=1e-5)
+
+
+def test_predict_names_missing_columns(checkpoint):
+    from data_prep.schema import SchemaError
+    from mose.predict import load_module, score_candidates
+
+    module = load_module(checkpoint)
+    with pytest.raises(SchemaError, match="position"):
+        score_candidates(module, raw_split(module).drop("position"))
+
+
+def _checkpoint_predictions(module, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = module.model(batch)
+        return module.predictions(torch.stack([out[t] for t in module.tasks], -1).float())
+
+
+def test_torchscript_export_gives_checkpoint_scores(checkpoint, tmp_path):
+    from mose.export import example_batch, export, model_fields
+    from mose.predict import load_module
+
+    path = export(checkpoint, tmp_path / "model.pt", "torchscript", batch_size=32)
+    meta = json.loads(Path(f"{path}.json").read_text())
+    module = load_module(checkpoint)
+    batch = example_batch(module, 100, "val")  # another split and batch size than traced
+    assert [i["name"] for i in meta["inputs"]] == model_fields(batch) and meta["tasks"] == module.tasks
+    scripted = torch.jit.load(str(path))
+    got = scripted(*[batch[f] for f in model_fields(batch)])
+    torch.testing.assert_close(got, _checkpoint_predictions(module, batch))
+
+
+def test_onnx_export_gives_checkpoint_scores(checkpoint, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from mose.export import example_batch, export, model_fields, onnx_input_names
+    from mose.predict import load_module
+
+    path = export(checkpoint, tmp_path / "model.onnx", "onnx", batch_size=32)
+    module = load_module(checkpoint)
+    batch = example_batch(module, 100, "val")
+    session = ort.InferenceSession(str(path))
+    fields = model_fields(batch)
+    (got,) = session.run(None, {n: batch[f].numpy() for f, n in zip(fields, onnx_input_names(fields))})
+    torch.testing.assert_close(torch.from_numpy(got), _checkpoint_predictions(module, batch), rtol=1e-4, atol=1e-5)
