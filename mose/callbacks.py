@@ -100,7 +100,7 @@ class ResumeCheckpoint(pl.Callback):
 class NonFiniteLoss(pl.Callback):
     """What to do when a training loss is NaN or infinite: ``stop`` (raise
     :class:`NonFiniteLossError` naming the step and task; :class:`ResumeCheckpoint` saves the
-    state before that step) or ``skip`` (drop the batch: no backward, no optimizer step; logged).
+    state before that step) or ``skip`` (drop the batch: no backward, so its optimizer step changes nothing; logged).
     The check runs in ``MultiTaskModule.training_step`` through :func:`nonfinite_batch`.
     """
 

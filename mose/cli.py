@@ -116,6 +116,14 @@ def _to_class_path(node):
     return node
 
 
+def _callback_class(cb: dict) -> dict | None:
+    """A callback config whose ``_target_`` is a class (LightningCLI needs one): the progress bar factory
+    ``mose.progress.progress_bar`` becomes ``TaskProgressBar``, or nothing when disabled."""
+    if cb.get("_target_") == "mose.progress.progress_bar":
+        return {"_target_": "mose.progress.TaskProgressBar"} if cb.get("enabled", True) else None
+    return cb
+
+
 def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
     """A LightningCLI config (``fit`` level: seed_everything, trainer, model, data) equal to a Hydra ``train`` config.
 
@@ -136,7 +144,8 @@ def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
         trainer["strategy"] = _to_class_path(strategy)
     trainer["default_root_dir"] = str(output_dir)
     trainer["logger"] = _to_class_path(c["logger"]) if c.get("logger") else False
-    trainer["callbacks"] = [_to_class_path(cb) for cb in (c.get("callbacks") or {}).values()]
+    trainer["callbacks"] = [_to_class_path(_callback_class(cb)) for cb in (c.get("callbacks") or {}).values()
+                            if _callback_class(cb) is not None]
     return {
         "seed_everything": c["seed"],
         "trainer": trainer,

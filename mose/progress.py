@@ -8,6 +8,12 @@ from pytorch_lightning.callbacks import RichProgressBar
 TASK_METRICS = ("auc", "mse")  # the one shown per task: AUC (binary) or MSE (regression)
 
 
+def progress_bar(enabled: bool = True) -> pl.Callback:
+    """The training progress bar for ``callbacks.progress_bar`` (``enabled: ${trainer.enable_progress_bar}``):
+    a :class:`TaskProgressBar`, or a no-op callback when the trainer has no progress bar."""
+    return TaskProgressBar() if enabled else pl.Callback()
+
+
 class TaskProgressBar(RichProgressBar):
     """``RichProgressBar`` plus ``<task> auc`` / ``<task> mse`` (latest validation) and ``val auc_mean``.
 

@@ -152,8 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negative-transfer", action="store_true",
                         help="add every model minus the --baseline model per task")
     parser.add_argument("--baseline", default="single_task", help="baseline model for --negative-transfer / --plot deltas")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="skip the PNG plots written beside the markdown (mose/report_plots.py)")
     args = parser.parse_args(argv)
     runs = load_runs(args.dir)
+    if runs and args.plots:
+        from mose.report_plots import render_plots
+        for png in render_plots(runs, Path(args.out or Path(args.dir) / "report.md").parent):
+            print(f"plot: {png}")
     if not runs:
         raise SystemExit(f"error: no metrics.json found under {args.dir}")
     metrics = tuple(args.metrics.split(","))

@@ -100,8 +100,8 @@ def test_ddp_sim_trains_and_rank0_writes(tmp_path):
     data_dir = tmp_path / "data"
     proc, run = train_ddp("mmoe", tmp_path, data_dir)
     metrics = check_ddp_run(proc, run)
-    log = proc.stdout + proc.stderr + "".join(p.read_text() for p in run.glob("*.log"))
-    assert log.count("loaded 3000 events") == 1, log[-3000:]  # prepared once, by rank 0
+    logs = {p.name: p.read_text() for p in run.glob("*.log")}  # one per process: train.log, train_ddp_process_1.log
+    assert len(logs) == 2 and sum(t.count("loaded 3000 events") for t in logs.values()) == 1, logs
     assert not list(data_dir.glob(".synthetic.tmp-*"))
     manifest = json.loads((data_dir / "synthetic" / "manifest.json").read_text())
     test = metrics["test"]

@@ -84,3 +84,34 @@ def test_gated_run_writes_diagnostics_and_trains_with_pcgrad(events_parquet, tmp
     assert {"test/gates", "test/gates_by_cohort"} <= set(acc.Tags()["images"])
     assert "test/gates/click/entropy" in acc.Tags()["scalars"]
     assert "train/click/weight" in acc.Tags()["scalars"]
+
+
+def _fake_run(root, name, model, seed, test, rho=None):
+    import yaml
+
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"model": model, "data": "synthetic", "seed": seed, "test": test}))
+    (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model": model}}}}))
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"source": {"task_correlation": rho}}}))
+
+
+def test_report_negative_transfer_and_by_key(tmp_path):
+    from mose.report import main, negative_transfer_table, load_runs, markdown_table
+
+    for seed, (a, m) in enumerate([(0.70, 0.50), (0.72, 0.52)]):
+        _fake_run(tmp_path, f"st{seed}", "single_task", seed, {"click/auc": a, "w/mse": m}, rho=0.5)
+        _fake_run(tmp_path, f"mm{seed}", "mmoe", seed, {"click/auc": a + 0.02, "w/mse": m + 0.1}, rho=0.5)
+        _fake_run(tmp_path, f"sb{seed}", "shared_bottom", seed, {"click/auc": a - 0.01, "w/mse": m - 0.1}, rho=1.0)
+    runs = load_runs(tmp_path)
+    nt = negative_transfer_table(runs)
+    mmoe_row = next(line for line in nt.splitlines() if line.startswith("| mmoe"))
+    assert "+0.0200 (0.7300)" in mmoe_row and "+0.1000 ▼ (0.6100)" in mmoe_row and mmoe_row.endswith("| 1/2 |")
+    sb_row = next(line for line in nt.splitlines() if line.startswith("| shared_bottom"))
+    assert "-0.0100 ▼" in sb_row and "-0.1000 (0.4100)" in sb_row
+    table = markdown_table(runs, ("auc", "mse"), by="data.source.task_correlation")
+    assert "| synthetic | 1.0 | shared_bottom | 2 |" in table and "| synthetic | 0.5 | mmoe | 2 |" in table
+    png = tmp_path / "plot.png"
+    main([str(tmp_path), "--negative-transfer", "--by", "data.source.task_correlation", "--plot", str(png),
+          "--plot-metric", "click/auc,w/mse", "--baseline", "single_task"])
+    assert png.stat().st_size > 1000 and "Negative transfer" in (tmp_path / "report.md").read_text()

@@ -139,3 +139,17 @@ def test_onnx_export_gives_checkpoint_scores(checkpoint, tmp_path):
     fields = model_fields(batch)
     (got,) = session.run(None, {n: batch[f].numpy() for f, n in zip(fields, onnx_input_names(fields))})
     torch.testing.assert_close(torch.from_numpy(got), _checkpoint_predictions(module, batch), rtol=1e-4, atol=1e-5)
+
+
+def test_tensorboard_has_pr_curves_and_hparams(checkpoint):
+    """The run's TensorBoard (callbacks.test_summaries): per-task PR curves and hparams with final metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {"tensors": set(), "scalars": set()}
+    for f in (checkpoint.parent.parent / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f), size_guidance={"tensors": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    assert {"test/pr/click", "test/pr/like"} <= tags["tensors"]
+    assert {"hp/click/auc", "hp/auc_mean", "hp/watch_time/mse"} <= tags["scalars"]

@@ -81,3 +81,35 @@ def test_two_trial_search_maximises_best_val_auc(tmp_path):
         state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
         scores += [float(v["best_model_score"]) for k, v in state["callbacks"].items() if "ModelCheckpoint" in k]
     assert len(scores) == 2 and best["best_value"] == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_slurm_launcher_submits_one_task_per_gpu(tmp_path):
+    """The real launcher against stand-in sbatch/srun: the batch script asks for nodes x tasks-per-node = devices."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\nfor a in "$@"; do f="$a"; done\ncp "$f" {tmp_path}/submitted.sh\n'
+                                    'echo "Submitted batch job 4242"\n')
+    for name, body in (("srun", "echo srun"), ("sacct", "exit 0"), ("scancel", "exit 0")):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    exe = shutil.which("mose-train")
+    cmd = [exe] if exe else [sys.executable, "-m", "mose.train"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([*cmd, "-m", "hydra/launcher=slurm", "trainer=slurm_ddp", "trainer.num_nodes=2",
+                             "trainer.devices=4", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 's'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "submitted.sh").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu"):
+        assert f"#SBATCH {line}" in script, line
+    assert "srun" in script

@@ -130,3 +130,59 @@ def test_eval_mode_makes_no_update():
         theta, losses, _, _ = two_tasks()
         loss, _ = PCGrad(TASKS, BINARY)(losses, torch.ones(2), [theta], [theta])
     assert loss.item() == pytest.approx(7.0)
+
+
+def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # this rank's task gradients: conflicting on rank 0, not on rank 1, conflicting on average
+        c = torch.tensor([[[1.0, 0.0], [-3.0, 1.0]], [[1.0, 1.0], [-1.0, 2.0]]])[rank]
+        out = []
+        for weighting in (PCGrad(TASKS, BINARY), GradNorm(TASKS, BINARY, lr=0.1)):
+            theta = nn.Parameter(torch.zeros(2))
+            losses = torch.stack([3.0 + theta @ c[0], 4.0 + theta @ c[1]]) * (1 + rank)
+            loss, w = weighting(losses, torch.ones(2), [theta], [theta])
+            loss.backward()
+            grad = theta.grad.clone()
+            dist.all_reduce(grad)  # what DDP does with the backward gradients
+            out.append((grad / world, getattr(weighting, "task_weights", w).clone()))
+        queue.put((rank, out))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_weights_under_ddp_use_the_global_gradients():
+    """Two gloo processes with different task gradients: both get the weights of the averaged gradients."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    # global task gradients: mean over ranks of (1 + rank) * c_rank
+    g1 = (torch.tensor([1.0, 0.0]) + 2 * torch.tensor([1.0, 1.0])) / 2
+    g2 = (torch.tensor([-3.0, 1.0]) + 2 * torch.tensor([-1.0, 2.0])) / 2
+    assert g1 @ g2 < 0
+    gram = torch.stack([g1, g2]) @ torch.stack([g1, g2]).T
+    a = pcgrad_coefficients(gram).float()
+    assert not torch.allclose(a, torch.ones(2))  # the projection is active
+    expected = a[0] * g1 + a[1] * g2
+    for rank in (0, 1):
+        (pc_grad, pc_w), (gn_grad, gn_w) = results[rank]
+        assert torch.allclose(pc_grad, expected, atol=1e-5)
+        assert torch.allclose(pc_w, a)
+    assert torch.allclose(results[0][1][1], results[1][1][1])  # GradNorm weights identical on both ranks
+    n = torch.stack([g1.norm(), g2.norm()])
+    w = torch.ones(2) - 0.1 * torch.sign(n - n.mean()) * n
+    assert torch.allclose(results[0][1][1], w * 2 / w.sum(), atol=1e-6)
