@@ -55,7 +55,7 @@ def main() -> None:
     np.random.seed(args.seed)
     root = Path(args.root)
     manifest = json.loads((root / "manifest.json").read_text())
-    load = lambda name: np.load(root / f"{name}.npy")  # noqa: E731
+    load = lambda name: np.load(root / f"{name}.npy")
     split = load("split")
     spec, vocab = manifest["spec"], manifest["vocab_sizes"]
     tasks = list(spec["tasks"])

@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import BasePredictionWriter

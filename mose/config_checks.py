@@ -52,7 +52,7 @@ def check_model(model: Mapping) -> None:
         raise ConfigError("model._target_ is missing: pick a model with model=<name> (conf/model/*.yaml)")
     try:
         cls = _locate(str(target))
-    except Exception as err:  # ImportError, AttributeError ... from Hydra's locate
+    except (ImportError, AttributeError, ValueError) as err:  # from Hydra's locate
         raise ConfigError(f"model._target_={target}: cannot be imported ({str(err).splitlines()[0]}); "
                           "the models are in conf/model/*.yaml") from None
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):

@@ -25,7 +25,6 @@ import hydra
 import numpy as np
 import polars as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import ensure_prepared, event_spec

@@ -213,7 +213,7 @@ def run_prep(data: dict, tmp: Path) -> subprocess.CompletedProcess:
             "data.categorical=[device]", "data.numeric=[duration]", "data.cohorts=[group]",
             f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={tmp / 'run'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*cmd, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(check=False, args=[*cmd, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("kind", ["binary label 3", "missing column", "null ts"])

@@ -68,7 +68,7 @@ def test_mose_eval_refuses_crafted_checkpoint(evil_ckpt, tmp_path):
     path, marker = evil_ckpt
     exe = shutil.which("mose-eval")
     cmd = [exe] if exe else [sys.executable, "-m", "mose.eval"]
-    proc = subprocess.run([*cmd, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path,
+    proc = subprocess.run(check=False, args=[*cmd, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: refusing to load checkpoint {path}")

@@ -90,7 +90,7 @@ def test_cli_prints_error_and_exits_2(tmp_path):
     exe = shutil.which("mose-train")
     cmd = [exe] if exe else [sys.executable, "-m", "mose.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*cmd, "model.n_experts=0", f"paths.data_dir={tmp_path / 'data'}",
+    proc = subprocess.run(check=False, args=[*cmd, "model.n_experts=0", f"paths.data_dir={tmp_path / 'data'}",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -81,7 +81,7 @@ def train_ddp(model: str, tmp_path: Path, data_dir: Path) -> tuple[subprocess.Co
     cmd = [exe] if exe else [sys.executable, "-m", "mose.train"]
     run = tmp_path / f"run-{model}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*cmd, "trainer=ddp_sim", f"model={model}", *TINY, f"paths.data_dir={data_dir}",
+    proc = subprocess.run(check=False, args=[*cmd, "trainer=ddp_sim", f"model={model}", *TINY, f"paths.data_dir={data_dir}",
                            f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=400)
     return proc, run

@@ -209,9 +209,8 @@ def test_nonfinite_loss_stops_naming_step_and_task(nan_at_step, events_parquet, 
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert state["global_step"] == BAD_STEP  # the last good state, before the bad step
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
-    with pytest.raises(SystemExit) as exit_:
-        with cli_errors():
-            raise err.value
+    with pytest.raises(SystemExit) as exit_, cli_errors():
+        raise err.value
     assert exit_.value.code == 3
 
 

@@ -20,7 +20,7 @@ def test_same_seed_same_metrics(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = []
     for run in ("a", "b"):
-        proc = subprocess.run([*cmd, *ARGS, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / run}"],
+        proc = subprocess.run(check=False, args=[*cmd, *ARGS, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / run}"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(json.loads((tmp_path / run / "metrics.json").read_text()))

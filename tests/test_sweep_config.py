@@ -33,7 +33,7 @@ def test_optuna_search_composes():
     assert set(sweeper.params) >= {"optim.lr", "model.n_experts", "model.embed_dim"}
     # every searched key exists in the composed config (a typo would only fail at the first trial)
     for key in sweeper.params:
-        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key == "model.dropout", key
+        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, key
     assert cfg.model._target_ == "mose.models.mmoe.MMoE" and cfg.trainer.max_epochs == 3
     assert cfg.callbacks.model_checkpoint.monitor == "val/auc_mean"  # the value the sweeper maximises
 
@@ -68,7 +68,7 @@ def test_two_trial_search_maximises_best_val_auc(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run([*cmd, "-m", "+hparams_search=mmoe_optuna", "hydra.sweeper.n_trials=2",
                            "trainer.max_epochs=1", "data.source.n_events=5000", f"paths.data_dir={tmp_path / 'data'}",
-                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
