@@ -1,6 +1,6 @@
 """mose vs torch-rechub (a public PyTorch multi-task library) on the same prepared KuaiRand sample.
 
-    python bench/peer_bench.py [--models mmoe ple] [--epochs 3] [--seeds 0 1] [--threads 2]
+    python bench/peer_bench.py [--models mmoe ple] [--epochs 3] [--seeds 0 1] [--batches 0 2048] [--threads 2]
 
 1. Creates ``bench/.venv-rechub`` (git-ignored) once with ``python -m venv`` and installs
    ``torch==2.13.0 torch-rechub==0.9.0`` there (torch pinned in the same resolve, so rechub's
@@ -100,19 +100,29 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
             self.seconds.append(time.perf_counter() - self.start)
 
     clock = EpochClock()
+    dm.setup("fit")
+    from train_bench import Timed
+
+    timer = Timed(dm.splits["train"])
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[clock])
     trainer.fit(module, datamodule=dm)
-    start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
-    test_s = time.perf_counter() - start
-    n_train, n_test = manifest["splits"]["train"], manifest["splits"]["test"]
+    # inference like the peer's: eval-mode forward over the test split at the training batch size
+    ds, module = dm.splits["test"], module.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for i in range(0, len(ds), dm.batch_size):
+            module(ds.__getitems__(list(range(i, min(i + dm.batch_size, len(ds))))))
+        test_s = time.perf_counter() - start
+    n_train = manifest["splits"]["train"]
     res = module.results["test"]
     binary = [t for t, s in data["tasks"].items() if s.get("kind", "binary") == "binary"]
-    return {"events_per_s": n_train * epochs / sum(clock.seconds), "epoch_s": clock.seconds,
+    return {"events_per_s": n_train * epochs / sum(clock.seconds), "epoch_s": clock.seconds, "n_test": len(ds),
+            "data_share": timer.seconds / sum(clock.seconds),
             "test_auc": {t: res[f"{t}/auc"] for t in binary if f"{t}/auc" in res},
-            "test_events_per_s": n_test / test_s, "batch": dm.batch_size, "model": model,
+            "test_events_per_s": len(ds) / test_s, "batch": dm.batch_size, "model": model,
             "params": sum(p.numel() for p in module.parameters()), "root": str(root), "lr": optim["lr"]}
 
 
@@ -129,28 +139,31 @@ def peer_args(name: str, model: dict, batch: int, epochs: int, seed: int, thread
 
 
 def run(models: list[str], epochs: int = 3, seeds: list[int] | None = None, threads: int = 2,
-        overrides: list[str] | None = None) -> dict:
+        overrides: list[str] | None = None, batches: list[int] | None = None) -> dict:
+    """Both sides per model, batch size and seed; the first batch size with every seed, others with the first."""
     seeds = seeds or [0, 1]
-    overrides = overrides or []
+    batches = batches or [0]  # 0: the data config's batch size
     venv = ensure_venv()
     print(f"  peer venv: torch {venv['torch']}, torch-rechub {venv['torch_rechub']} "
           f"({'created' if venv['created'] else 'reused'}, {venv['setup_s']:.0f}s)", flush=True)
     out = {"venv": venv, "models": {}, "epochs": epochs, "seeds": seeds, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            rows = []
-            for seed in seeds:
-                # our side in a child process too, so neither side inherits the other's allocator state
-                a = run_child([__file__, "--child-ours", name, "--data-dir", tmp, "--epochs", str(epochs),
-                               "--seed", str(seed), "--threads", str(threads), "--", *overrides])
-                b = run_child([str(PEER_PY), str(ROOT / "bench/peer_rechub.py"), a["root"],
-                               *peer_args(name, a["model"], a["batch"], epochs, seed, threads, a["lr"])])
-                rows.append({"ours": a, "peer": b})
-                print(f"  peer {name} seed {seed}: mose {a['events_per_s']:,.0f} ev/s vs torch-rechub "
-                      f"{b['events_per_s']:,.0f} ev/s ({a['events_per_s'] / b['events_per_s']:.1f}x); AUC "
-                      + ", ".join(f"{t} {a['test_auc'][t]:.4f}/{b['test_auc'].get(t, float('nan')):.4f}"
-                                  for t in a["test_auc"]), flush=True)
-            out["models"][name] = rows
+            for k, batch in enumerate(batches):
+                extra = [*(overrides or []), *([f"data.batch_size={batch}"] if batch else [])]
+                rows = []
+                for seed in seeds if k == 0 else seeds[:1]:
+                    # our side in a child process too, so neither side inherits the other's state
+                    a = run_child([__file__, "--child-ours", name, "--data-dir", tmp, "--epochs", str(epochs),
+                                   "--seed", str(seed), "--threads", str(threads), "--", *extra])
+                    b = run_child([str(PEER_PY), str(ROOT / "bench/peer_rechub.py"), a["root"],
+                                   *peer_args(name, a["model"], a["batch"], epochs, seed, threads, a["lr"])])
+                    rows.append({"ours": a, "peer": b})
+                    print(f"  peer {name} batch {a['batch']} seed {seed}: mose {a['events_per_s']:,.0f} ev/s vs "
+                          f"torch-rechub {b['events_per_s']:,.0f} ev/s ({a['events_per_s'] / b['events_per_s']:.1f}x);"
+                          " AUC " + ", ".join(f"{t} {a['test_auc'][t]:.4f}/{b['test_auc'].get(t, float('nan')):.4f}"
+                                              for t in a["test_auc"]), flush=True)
+                out["models"][f"{name} @ {rows[0]['ours']['batch']}"] = rows
     return out
 
 
@@ -158,20 +171,24 @@ def table(res: dict) -> list[str]:
     lines = [f"torch-rechub {res['venv']['torch_rechub']} on torch {res['venv']['torch']} (its own venv); "
              f"{res['epochs']} epochs, seeds {res['seeds']}, {res['threads']} thread(s); medians over seeds; "
              "AUC as mean ± half-range over seeds.", "",
-             "| model | mose params | rechub params | batch | mose train events/s | rechub train events/s | ratio "
-             "| mose test events/s | rechub test events/s | task | mose test AUC | rechub test AUC |",
+             "| model | mose params | rechub params | batch | mose train events/s (data wait) "
+             "| rechub train events/s (data wait) | ratio "
+             "| mose inference events/s | rechub inference events/s | task | mose test AUC | rechub test AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in res["models"].items():
         ours_r = statistics.median(r["ours"]["events_per_s"] for r in rows)
         peer_r = statistics.median(r["peer"]["events_per_s"] for r in rows)
+        ours_d = statistics.median(r["ours"]["data_share"] for r in rows)
+        peer_d = statistics.median(r["peer"]["data_share"] for r in rows)
         ours_t = statistics.median(r["ours"]["test_events_per_s"] for r in rows)
         peer_t = statistics.median(r["peer"]["inference_events_per_s"] for r in rows)
         for i, task in enumerate(rows[0]["ours"]["test_auc"]):
             a = [r["ours"]["test_auc"][task] for r in rows]
             b = [r["peer"]["test_auc"].get(task, float("nan")) for r in rows]
             fmt = lambda xs: f"{statistics.mean(xs):.4f} ± {(max(xs) - min(xs)) / 2:.4f}"
-            head = (f"| {name} | {rows[0]['ours']['params']:,} | {rows[0]['peer']['params']:,} | "
-                    f"{rows[0]['ours']['batch']} | {ours_r:,.0f} | {peer_r:,.0f} | **{ours_r / peer_r:.1f}x** | "
+            head = (f"| {name.split(' @ ')[0]} | {rows[0]['ours']['params']:,} | {rows[0]['peer']['params']:,} | "
+                    f"{rows[0]['ours']['batch']} | {ours_r:,.0f} ({100 * ours_d:.0f}%) | {peer_r:,.0f} "
+                    f"({100 * peer_d:.0f}%) | **{ours_r / peer_r:.1f}x** | "
                     f"{ours_t:,.0f} | {peer_t:,.0f} |") if i == 0 else "| | | | | | | | | |"
             lines.append(f"{head} {task} | {fmt(a)} | {fmt(b)} |")
     return lines
@@ -183,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[0, 2048],
+                        help="batch sizes for both sides (0: data.batch_size of conf/data/kuairand.yaml, 512); "
+                             "the first with every seed, the others with the first seed")
     parser.add_argument("--child-ours", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -193,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(json.dumps(ours(args.child_ours, args.data_dir, args.epochs, args.seed, args.threads, args.overrides)))
         return
-    res = run(args.models, args.epochs, args.seeds, args.threads, args.overrides)
+    res = run(args.models, args.epochs, args.seeds, args.threads, args.overrides, args.batches)
     print("\n".join(table(res)))
 
 

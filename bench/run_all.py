@@ -24,7 +24,7 @@ import prep_bench
 import train_bench
 from common import ROOT, environment, native_bf16
 
-BIG_JSON = ROOT / "bench/results/prep_big.json"
+BIG_JSON = prep_bench.BIG_JSON
 
 
 def prep_profile_lines(n: int) -> list[str]:
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     print("[1/4] preparation", flush=True)
     prep = prep_bench.run([int(s) for s in args.sizes], big=args.big)
     if args.big:
-        big = [r for r in prep["results"] if r["n"] >= 100_000_000]
-        BIG_JSON.parent.mkdir(parents=True, exist_ok=True)
-        BIG_JSON.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-                                        "environment": env, "results": big,
-                                        "generate_s": prep["generate_s"].get(100_000_000)}, indent=1))
+        prep_bench.save_big(prep)
     profile_n = int(min(1e6, max(args.sizes)))
     prep_prof = prep_profile_lines(profile_n)
 
@@ -88,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     torch_prof = lightning_profile_lines(args.threads)
 
     print("[3/4] peer (torch-rechub)", flush=True)
-    peer = peer_bench.run(["mmoe", "ple"], args.epochs, args.seeds, args.threads)
+    peer = peer_bench.run(["mmoe", "ple"], args.epochs, args.seeds, args.threads,
+                          batches=[0] if args.quick else [0, 2048])
 
     print("[4/4] writing", args.out, flush=True)
     minutes = (time.perf_counter() - start) / 60

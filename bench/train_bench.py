@@ -24,6 +24,7 @@ AVX512-BF16 / AMX), median over timed steps after warm-up:
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -129,7 +130,7 @@ def raw_loop(module, dm, steps: int, warmup: int, bf16: bool, seed: int = 0) -> 
     """Events/s of loss + backward + AdamW in a plain loop; per-step median seconds."""
     ds = dm.splits["train"]
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(module.parameters(), lr=5e-3)
+    opt = module.configure_optimizers()  # the optimizer mose-train uses (fused AdamW)
     module.train()
     bs = dm.batch_size
     batches = [ds.__getitems__(rng.choice(len(ds), min(bs, len(ds)), replace=False).tolist())
@@ -153,6 +154,52 @@ def raw_loop(module, dm, steps: int, warmup: int, bf16: bool, seed: int = 0) -> 
         times.append(time.perf_counter() - start)
     med = statistics.median(times)
     return {"events_per_s": events / steps / med, "step_s": med, "batch": batches[0]}
+
+
+def expert_layer(batch: int, in_dim: int, groups: int = 4, hidden: tuple = (128, 64), repeats: int = 30) -> dict:
+    """Forward + backward ms of MMoE's expert layer: ``GroupedMLP`` (einsum over stacked weights) vs a
+    Python list of ``nn.Linear`` MLPs (torch-rechub's form), same sizes."""
+    from torch import nn
+
+    from mose.nn.experts import GroupedMLP
+
+    x = torch.randn(batch, in_dim, requires_grad=True)
+    grouped = GroupedMLP(groups, in_dim, list(hidden))
+    dims = [in_dim, *hidden]
+    listed = nn.ModuleList(nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (nn.Linear(a, b), nn.ReLU())])
+                           for _ in range(groups))
+    out = {}
+    for name, fn in [("grouped", lambda: grouped(x)), ("list", lambda: torch.stack([m(x) for m in listed], 1))]:
+        for _ in range(3):
+            fn().sum().backward()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn().sum().backward()
+            times.append(time.perf_counter() - start)
+        out[name] = 1e3 * statistics.median(times)
+    return out
+
+
+def step_breakdown(module, batch, repeats: int = 20) -> dict:
+    """Median ms of forward (+ loss), backward and optimizer step of one raw training step."""
+    opt = module.configure_optimizers()
+    module.train()
+    parts = {"forward": [], "backward": [], "optimizer": []}
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        losses, _, _, aux = module._step(batch)
+        loss, _ = module.combined_loss(losses, aux)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if i >= 3:
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(1e3 * v)
+    return {k: statistics.median(v) for k, v in parts.items()}
 
 
 def step_flops(module, batch) -> int:
@@ -209,7 +256,7 @@ def run(models: list[str], threads: int = 2, steps: int = 30, warmup: int = 5, n
     bf16 = native_bf16() if bf16 is None else bf16
     peak32 = matmul_peak(torch.float32)
     peak16 = matmul_peak(torch.bfloat16) if bf16 else None
-    rows = []
+    rows, mmoe_in = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             if not (ROOT / f"conf/model/{name}.yaml").exists():
@@ -218,8 +265,12 @@ def run(models: list[str], threads: int = 2, steps: int = 30, warmup: int = 5, n
             for precision in ["32-true"] + (["bf16-mixed"] if bf16 else []):
                 module, dm, data, model = build(name, tmp, n_events)
                 n_params = sum(p.numel() for p in module.parameters())
+                if name == "mmoe":
+                    mmoe_in = module.model.embed.out_dim
                 raw = raw_loop(module, dm, steps, warmup, precision == "bf16-mixed")
-                flops = step_flops(module, raw.pop("batch"))
+                batch = raw.pop("batch")
+                flops = step_flops(module, batch)
+                breakdown = step_breakdown(module, batch) if precision == "32-true" else None
                 module, dm, _, _ = build(name, tmp, n_events)  # fresh weights and optimizer for Lightning
                 fit = lightning_fit(module, dm, steps, warmup, precision)
                 inf = inference(module, dm)
@@ -229,13 +280,14 @@ def run(models: list[str], threads: int = 2, steps: int = 30, warmup: int = 5, n
                     "model": name, "precision": precision, "params": n_params, "layout": data.get("layout"),
                     "batch": dm.batch_size, "fit": fit, "raw": raw, "inference": inf, "flops_per_step": flops,
                     "achieved_flops": achieved, "peak_flops": peak, "peak_fraction": achieved / peak,
-                    "config": {k: v for k, v in model.items() if k != "_target_"},
+                    "config": {k: v for k, v in model.items() if k != "_target_"}, "breakdown": breakdown,
                 })
                 print(f"  train {name:14s} {precision:10s}: Lightning {fit['events_per_s']:>9,.0f} ev/s "
                       f"(data {100 * fit['data_share']:.1f}%), raw loop {raw['events_per_s']:>9,.0f} ev/s, "
                       f"{achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of peak, "
                       f"inference {inf['events_per_s']:,.0f} ev/s", flush=True)
-    return {"rows": rows, "peak_fp32": peak32, "peak_bf16": peak16, "bf16": bf16, "threads": threads,
+    experts = {b: expert_layer(b, mmoe_in) for b in (512, 1024)} if mmoe_in else {}
+    return {"rows": rows, "experts": experts, "experts_in": mmoe_in, "peak_fp32": peak32, "peak_bf16": peak16, "bf16": bf16, "threads": threads,
             "steps": steps, "n_events": n_events}
 
 
@@ -243,6 +295,12 @@ def short_config(cfg: dict) -> str:
     keys = ("embed_dim", "n_experts", "expert", "bottom", "levels", "n_specific", "n_shared", "tower",
             "bottom_hidden", "expert_hidden", "tower_hidden", "attn_dim", "mha")
     return ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
+
+
+def flops(r: dict) -> str:
+    if r["layout"] == "per_stream":  # FlopCounterMode has no formula for the LSTM kernels
+        return "n/a (LSTM) | n/a | n/a"
+    return f"{r['flops_per_step'] / 1e9:.2f} | {r['achieved_flops'] / 1e9:.1f} | {100 * r['peak_fraction']:.1f}%"
 
 
 def table(res: dict) -> list[str]:
@@ -260,9 +318,25 @@ def table(res: dict) -> list[str]:
             f"| {r['model']} ({short_config(r['config'])}) | {r['params']:,} | {r['precision']} | {r['batch']}"
             f"{' windows' if r['layout'] == 'per_stream' else ''} | {r['fit']['events_per_s']:,.0f} | "
             f"{100 * r['fit']['data_share']:.1f}% | {r['raw']['events_per_s']:,.0f} | "
-            f"{r['fit']['events_per_s'] / r['raw']['events_per_s']:.2f} | {r['flops_per_step'] / 1e9:.2f} | "
-            f"{r['achieved_flops'] / 1e9:.1f} | {100 * r['peak_fraction']:.1f}% | "
+            f"{r['fit']['events_per_s'] / r['raw']['events_per_s']:.2f} | {flops(r)} | "
             f"{r['inference']['events_per_s']:,.0f} |")
+    return lines
+
+
+def detail_table(res: dict) -> list[str]:
+    lines = ["| model | forward + loss ms | backward ms | optimizer ms | batch |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if r["breakdown"]:
+            b = r["breakdown"]
+            lines.append(f"| {r['model']} | {b['forward']:.1f} | {b['backward']:.1f} | {b['optimizer']:.1f} | "
+                         f"{r['batch']} |")
+    if res.get("experts"):
+        lines += ["", f"MMoE's expert layer (4 experts, {res['experts_in']} -> 128 -> 64, forward + backward, "
+                  "median ms):", "",
+                  "| batch | GroupedMLP (einsum, mose.nn.experts) | list of nn.Linear MLPs | list / grouped |",
+                  "|---|---|---|---|"]
+        for b, e in res["experts"].items():
+            lines.append(f"| {b} | {e['grouped']:.2f} | {e['list']:.2f} | {e['list'] / e['grouped']:.2f} |")
     return lines
 
 
@@ -275,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16-mixed even where the CPU has it")
     args = parser.parse_args(argv)
     res = run(args.models, args.threads, args.steps, n_events=args.n_events, bf16=False if args.no_bf16 else None)
-    print("\n".join(table(res)))
+    print("\n".join(table(res) + [""] + detail_table(res)))
 
 
 if __name__ == "__main__":

@@ -262,7 +262,8 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             "prev_label": ((n, n_bin), np.int8),
         }
         for name, (shape, dtype) in shapes.items():
-            _open(tmp, name, shape, dtype).flush()  # preallocated (sparse) file with its .npy header
+            del_ = _open(tmp, name, shape, dtype)  # preallocated (sparse) file with its .npy header
+            del del_
         split_counts = np.zeros(3, dtype=np.int64)
         pcode_info = None
         for files in part_files:
@@ -276,11 +277,14 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             dest = keys["_offset"].to_numpy() + (np.arange(df.height) - user_run_starts(df[USER]))
             split_counts += np.bincount(arrays["split"], minlength=3)
             del df, keys
+            contiguous = dest[-1] - dest[0] + 1 == len(dest)  # one partition, or users in one block
             for name, arr in arrays.items():
                 mm = np.load(tmp / f"{name}.npy", mmap_mode="r+")
-                mm[dest] = arr
-                mm.flush()
-                del mm  # unmap: written pages leave this process's RSS
+                if contiguous:
+                    mm[dest[0]:dest[-1] + 1] = arr
+                else:
+                    mm[dest] = arr
+                del mm  # unmap (no msync: like np.save, the page cache writes back): pages leave this RSS
             del arrays, dest
         timings["build_pass"] = time.perf_counter() - t2
 
@@ -298,7 +302,6 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             rows, scored = stream_chunks(user_offsets[a:b + 1], stream_len, stream_overlap)
             rows_mm[at:at + len(rows)], scored_mm[at:at + len(rows)] = rows, scored
             at += len(rows)
-        rows_mm.flush(), scored_mm.flush()
         del rows_mm, scored_mm
         np.save(tmp / "user_offsets.npy", user_offsets)
         timings["streams"] = time.perf_counter() - t3

@@ -5,7 +5,7 @@
     mose-cli fit --print_config > run.yaml         # a config file to edit, save and re-run:
     mose-cli fit --config run.yaml
     mose-cli test --config run.yaml --ckpt_path outputs/cli/tensorboard/checkpoints/last.ckpt
-    mose-cli predict --config run.yaml --ckpt_path ...   # writes predictions.parquet in the log dir
+    mose-cli predict --config run.yaml --ckpt_path ...   # <log dir>/predictions-rank0.parquet (test split)
     mose-cli from-hydra model=mose data.source.n_events=5000 > run.yaml   # any Hydra composition, as a CLI config
 
 Hydra stays the main interface (composition, sweeps); this front end drives the same classes with
@@ -101,6 +101,14 @@ class MoseCLI(LightningCLI):
         parser.link_arguments("data", "model.input_spec", compute_fn=_input_spec, apply_on="instantiate")
         parser.link_arguments("data", "model.task_stats", compute_fn=_task_stats, apply_on="instantiate")
         parser.link_arguments("data", "model.cohorts", compute_fn=_cohorts, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.enable_progress_bar=false`` also drops the default progress bar callback (Lightning
+        refuses both)."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        callbacks = cfg.trainer.get("callbacks") or []
+        if cfg.trainer.get("enable_progress_bar") is False and callbacks:
+            cfg.trainer.callbacks = [c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
 
 
 def _to_class_path(node):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
@@ -41,12 +42,17 @@ def test_hydra_and_cli_give_the_same_run(tmp_path):
     assert Path(best).parent == tmp_path / "cli" / "checkpoints"
 
     # the config LightningCLI saved re-runs: test the best checkpoint from it, as mose-train does
-    saved = tmp_path / "cli" / "tensorboard" / "config.yaml"
+    saved = tmp_path / "run.yaml"  # a copy: the test run below writes its own config.yaml into the log dir
+    saved.write_text((tmp_path / "cli" / "tensorboard" / "config.yaml").read_text())
     assert yaml.safe_load(saved.read_text())["trainer"]["max_epochs"] == 1
     tested = cli(["test", "--config", str(saved), "--ckpt_path", best], defaults=defaults)
     test_cli = tested.model.results["test"]
     for key in ("click/auc", "like/gauc", "watch_time/mse", "auc_mean", "cohort/new_user=new/click/auc"):
         assert test_cli[key] == pytest.approx(test_hydra[key], abs=1e-6), key
+
+    predicted = cli(["predict", "--config", str(saved), "--ckpt_path", best], defaults=defaults)
+    scores = pl.read_parquet(Path(predicted.trainer.log_dir) / "predictions-rank0.parquet")
+    assert scores.height == len(predicted.datamodule.splits["test"]) and scores["p_click"].is_between(0, 1).all()
 
 
 def test_cli_options_and_from_hydra(tmp_path, capsys):

@@ -282,3 +282,26 @@ def test_youtube_without_bias_features_in_data():
     assert model.bias_tower is None
     model.train()
     assert "bias_logits" not in model(make_batch())["aux"]
+
+
+def test_module_trains_competitive_mixture_with_its_likelihood():
+    from dataclasses import asdict
+
+    from mose.module import MultiTaskModule
+
+    torch.manual_seed(0)
+    tasks = {"click": {"kind": "binary"}, "like": {"kind": "binary"}, "watch": {"kind": "regression"}}
+    module = MultiTaskModule(model={"_target_": "mose.models.omoe.OMoE", "embed_dim": 4, "n_experts": 3,
+                                    "expert": [8], "mixture": "competitive"},
+                             input_spec=asdict(SPEC), tasks=tasks)
+    batch = make_batch() | {"labels": torch.tensor([[1.0, 0.0, 0.3]] * 3 + [[0.0, 1.0, -0.5]] * 3),
+                            "user_key": torch.arange(B), "cohorts": torch.zeros(B, 0, dtype=torch.long)}
+    raw = module.model(batch)
+    binary = torch.tensor([True, True, False])
+    mixed = mixture_logits(raw["aux"]["expert_logits"], raw["aux"]["gates"], binary)
+    out = module(batch)  # serving: the mixture's prediction
+    assert torch.allclose(out["click"], mixed[:, 0]) and not torch.allclose(out["click"], raw["click"])
+    assert torch.allclose(out["watch"], raw["watch"], atol=1e-6)  # regression: the blend is the mixture mean
+    losses, logits, _, _ = module._step(batch)
+    nll = competitive_nll(raw["aux"]["expert_logits"], raw["aux"]["gates"], batch["labels"], binary).mean(0)
+    assert torch.allclose(losses, nll, atol=1e-6) and torch.allclose(logits, mixed, atol=1e-6)

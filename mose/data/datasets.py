@@ -17,8 +17,12 @@ OPTIONAL = ("pcode",)  # absent from datasets prepared before POSO codes existed
 
 
 def load_arrays(root: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Memory-map ``<field>.npy`` for each field; optional fields may be missing."""
-    return {f: np.load(root / f"{f}.npy", mmap_mode="r") for f in fields
+    """Memory-map ``<field>.npy`` for each field; optional fields may be missing.
+
+    Returned as plain ``ndarray`` views of the maps: indexing an ``np.memmap`` builds a memmap
+    subclass per result, and ``np.take`` on the plain view gathers a batch ~2x faster.
+    """
+    return {f: np.asarray(np.load(root / f"{f}.npy", mmap_mode="r")) for f in fields
             if f not in OPTIONAL or (root / f"{f}.npy").exists()}
 
 
@@ -42,7 +46,7 @@ class EventSplit(Dataset):
 
     def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         rows = np.sort(self.index[np.asarray(positions)])
-        return {name: torch.from_numpy(np.ascontiguousarray(arr[rows])) for name, arr in self.arrays.items()}
+        return {name: torch.from_numpy(np.take(arr, rows, axis=0)) for name, arr in self.arrays.items()}
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
