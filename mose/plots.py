@@ -33,16 +33,17 @@ def metric_vs(series: dict[str, dict[str, dict[float, list[float]]]], xlabel: st
     rows = 2 if has_base else 1
     fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False)
     for c, metric in enumerate(metrics):
-        for model, points in series[metric].items():
+        for k, (model, points) in enumerate(series[metric].items()):
+            color = f"C{k}"  # one colour per model in both rows
             xs = sorted(points)
             values = [np.array([v for v in points[x] if not np.isnan(v)]) for x in xs]
             mean = np.array([v.mean() if len(v) else np.nan for v in values])
             std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
-            axes[0, c].errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=model)
+            axes[0, c].errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=model, color=color)
             if has_base and model != baseline:
                 base = series[metric][baseline]
                 delta = [mean[i] - np.nanmean(base[x]) if x in base else np.nan for i, x in enumerate(xs)]
-                axes[1, c].plot(xs, delta, marker="o", label=f"{model} - {baseline}")
+                axes[1, c].plot(xs, delta, marker="o", label=f"{model} - {baseline}", color=color)
         axes[0, c].set_title(metric, fontsize=10)
         axes[0, c].set_xlabel(xlabel, fontsize=8)
         axes[0, c].legend(fontsize=7)
