@@ -210,25 +210,26 @@ def main(argv: list[str] | None = None) -> None:
         for name, ct in profile(int(args.profile)):
             print(f"{ct:8.2f}s  {name}")
         return
+    from common import environment
+
+    env = environment(2)  # the load average at the start
     res = run([int(s) for s in args.sizes], args.big, args.rows_per_partition)
     print("\n".join(table(res)))
     if args.big:
-        save_big(res)
+        save_big(res, env)
 
 
 BIG_JSON = ROOT / "bench/results/prep_big.json"
 
 
-def save_big(res: dict) -> None:
+def save_big(res: dict, env: str) -> None:
     """Keep the 1e8 result (docs/performance.md shows it: run_all does not repeat the ~30 minute run)."""
     from datetime import datetime, timezone
-
-    from common import environment
 
     big = [r for r in res["results"] if r["n"] >= 100_000_000]
     BIG_JSON.parent.mkdir(parents=True, exist_ok=True)
     BIG_JSON.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-                                    "environment": environment(2), "results": big,
+                                    "environment": env, "results": big,
                                     "generate_s": res["generate_s"].get(100_000_000)}, indent=1))
 
 

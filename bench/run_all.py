@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     print("[1/4] preparation", flush=True)
     prep = prep_bench.run([int(s) for s in args.sizes], big=args.big)
     if args.big:
-        prep_bench.save_big(prep)
+        prep_bench.save_big(prep, env)
     profile_n = int(min(1e6, max(args.sizes)))
     prep_prof = prep_profile_lines(profile_n)
 

@@ -8,9 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from data_prep.prepare import prepare, read_manifest
 from data_prep.schema import EventSpec
+from mose.paths import CONF_DIR
 
 N_USERS, N_ITEMS = 300, 60
 T0 = 1_700_000_000_000  # ms
@@ -117,3 +122,16 @@ def events_parquet(events, tmp_path_factory) -> Path:
 
 def load(root: Path, name: str) -> np.ndarray:
     return np.load(Path(root) / f"{name}.npy")
+
+
+def compose_with_output(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` like ``@hydra.main`` would, with its run dir at ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    output_dir.mkdir(parents=True, exist_ok=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

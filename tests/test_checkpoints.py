@@ -87,7 +87,8 @@ def plain(value, path="") -> list[str]:
 
 
 def test_trained_checkpoints_are_plain_data(events_parquet, tmp_path):
-    from test_train_e2e import compose_with_output, data_overrides
+    from conftest import compose_with_output
+    from test_train_e2e import data_overrides
 
     from mose.train import train
 

@@ -69,7 +69,8 @@ def test_top_k_larger_than_n_experts():
 
 def test_data_dependent_errors_name_the_config_key(tmp_path, events_parquet):
     """A task or cohort column the events lack stops at validation (before training)."""
-    from test_train_e2e import compose_with_output, data_overrides
+    from conftest import compose_with_output
+    from test_train_e2e import data_overrides
 
     from mose.train import train
 

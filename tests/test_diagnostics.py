@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import compose_with_output
 from hydra.core.global_hydra import GlobalHydra
+from test_train_e2e import data_overrides
 
 from mose.metrics import GateUsage, cv
 from mose.plots import gate_heatmap
-from tests.test_train_e2e import compose_with_output, data_overrides
 
 
 def test_gate_usage_entropy_cv_and_cohorts():
@@ -97,7 +98,7 @@ def _fake_run(root, name, model, seed, test, rho=None):
 
 
 def test_report_negative_transfer_and_by_key(tmp_path):
-    from mose.report import main, negative_transfer_table, load_runs, markdown_table
+    from mose.report import load_runs, main, markdown_table, negative_transfer_table
 
     for seed, (a, m) in enumerate([(0.70, 0.50), (0.72, 0.52)]):
         _fake_run(tmp_path, f"st{seed}", "single_task", seed, {"click/auc": a, "w/mse": m}, rho=0.5)

@@ -139,9 +139,8 @@ def test_killed_prep_leaves_previous_dataset_intact(tmp_path):
         rc, _ = finish(proc)
         state = dataset_state(data / "synthetic")  # always a complete dataset: the old one, or the new one
         assert rc == -signal.SIGKILL or state != before
-        if rc != -signal.SIGKILL:
+        if state != before:  # the new dataset was swapped in whole before the process ended
             break
-        assert state == before, f"killed after {delay:.2f}s: the dataset changed"
     (data / ".synthetic.tmp-stale").mkdir()  # as a kill during the write leaves it
     rc, log = finish(start(base, tmp_path, "mose-prep", "data_prep.cli"))
     assert rc == 0, log[-3000:]
@@ -191,7 +190,8 @@ def nan_at_step(monkeypatch):
 
 
 def nonfinite_config(events_parquet, tmp_path, mode: str):
-    from test_train_e2e import compose_with_output, data_overrides
+    from conftest import compose_with_output
+    from test_train_e2e import data_overrides
 
     return compose_with_output("train", data_overrides(events_parquet, tmp_path / "data", features=False) + [
         "model=single_task", "model.embed_dim=4", "model.hidden=[8]", "trainer.max_epochs=1",

@@ -9,31 +9,15 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_with_output as compose_run
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
 
 from data_prep.prepare import read_manifest
 from data_prep.schema import TS, USER
-from mose.paths import CONF_DIR
 
 TINY = ["data.source.n_events=5000", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "model.embed_dim=8"]
-
-
-def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as ``@hydra.main`` would, with its run dir at ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    output_dir.mkdir(parents=True, exist_ok=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_with_output
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
-from mose.paths import CONF_DIR
 
 TASKS = ("{click: {kind: binary}, like: {kind: binary, weight: 0.5}, "
          "watch_time: {kind: regression, transform: log1p}}")
@@ -49,19 +45,6 @@ def data_overrides(parquet: Path, data_dir: Path, features: bool = True) -> list
         "data.prep.new_user_max_prior=5",
         "data.batch_size=64",
     ]
-
-
-def compose_with_output(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` like ``@hydra.main`` would, with its run dir at ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    output_dir.mkdir(parents=True, exist_ok=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(scope="module")
