@@ -98,20 +98,19 @@ def lightning_fit(module, dm, steps: int, warmup: int, precision: str) -> dict:
     import pytorch_lightning as pl
 
     class Clock(pl.Callback):
-        """Wall time and data time between the start of batch ``warmup`` and the end of the last batch."""
+        """Per-step wall and data time (batch start to next batch start) after ``warmup`` steps."""
 
         def __init__(self) -> None:
-            self.t0 = self.t1 = None
-            self.events, self.data0, self.data1 = 0, 0.0, 0.0
+            self.starts, self.data, self.events = [], [], 0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == warmup:
-                self.t0, self.data0 = time.perf_counter(), timer.seconds
             if batch_idx >= warmup:
+                self.starts.append(time.perf_counter())
+                self.data.append(timer.seconds)
                 self.events += scored(batch)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.t1, self.data1 = time.perf_counter(), timer.seconds
+            self.end, self.data_end = time.perf_counter(), timer.seconds
 
     ds = dm.splits["train"]
     timer = Timed(ds)
@@ -121,9 +120,12 @@ def lightning_fit(module, dm, steps: int, warmup: int, precision: str) -> dict:
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     del ds.__getitems__
-    elapsed = clock.t1 - clock.t0
-    return {"events_per_s": clock.events / elapsed, "step_s": elapsed / steps,
-            "data_share": (clock.data1 - clock.data0) / elapsed}
+    # medians over steps: robust to other jobs' bursts on a shared machine
+    step_s = np.diff([*clock.starts, clock.end])
+    data_s = np.diff([*clock.data, clock.data_end])
+    med = float(np.median(step_s))
+    return {"events_per_s": clock.events / len(step_s) / med, "step_s": med,
+            "data_share": float(np.median(data_s)) / med}
 
 
 def raw_loop(module, dm, steps: int, warmup: int, bf16: bool, seed: int = 0) -> dict:
