@@ -50,6 +50,7 @@ from data_prep.prepare import (
     _cohort_codes,
     _personalization_codes,
     config_hash,
+    manifest_fields,
 )
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
 from data_prep.sequences import (
@@ -61,7 +62,7 @@ from data_prep.sequences import (
     stream_chunks,
     user_run_starts,
 )
-from data_prep.split import SPLITS, TRAIN, split_expr, time_cuts
+from data_prep.split import TRAIN, split_expr, time_cuts
 from data_prep.vocab import encode
 
 KEY = ("_ku", "_kt", "_kr")  # first-seen key of a vocabulary value: (user, ts, _row) of its first train row
@@ -306,27 +307,14 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         np.save(tmp / "user_offsets.npy", user_offsets)
         timings["streams"] = time.perf_counter() - t3
 
-        fields = {
-            "layout": "per_event",
-            "n_events": int(n),
-            "splits": {name: int(c) for name, c in zip(SPLITS, split_counts)},
-            "cuts": {"val_start": val_start, "test_start": test_start},
-            "spec": spec.to_dict(),
-            "vocab_sizes": {c: v.height + 2 for c, v in vocabs.items()},
-            "n_user_keys": len(counts),
-            "numeric_stats": {c: {"mean": m, "std": s} for c, (m, s) in num_stats.items()},
-            "task_stats": {t.name: task_stats[t.name] for t in spec.tasks if t.kind == "regression"},
-            "min_count": min_count,
-            "history_len": history_len,
-            "stream_len": stream_len,
-            "stream_overlap": stream_overlap,
-            "history_labels": spec.binary_tasks,
-            "prior_buckets": N_PRIOR_BUCKETS,
-            "new_user_max_prior": new_user_max_prior,
-            "cohorts": cohort_names,
-            "pcode": pcode_info or {"names": ["prior_bucket", "new", *personalization],
-                                    "sizes": [N_PRIOR_BUCKETS, 2]},
-        }
+        fields = manifest_fields(
+            n_events=n, split_counts=split_counts, cuts=(val_start, test_start), spec=spec,
+            vocab_sizes={c: v.height + 2 for c, v in vocabs.items()}, n_user_keys=len(counts), num_stats=num_stats,
+            task_stats={t.name: task_stats[t.name] for t in spec.tasks if t.kind == "regression"},
+            min_count=min_count, history_len=history_len, stream_len=stream_len, stream_overlap=stream_overlap,
+            new_user_max_prior=new_user_max_prior, cohort_names=cohort_names,
+            pcode_info=pcode_info or {"names": ["prior_bucket", "new", *personalization],
+                                      "sizes": [N_PRIOR_BUCKETS, 2]})
         meta = {}
         for name in [*shapes, "user_offsets", "stream_rows", "stream_scored"]:
             arr = np.load(tmp / f"{name}.npy", mmap_mode="r")

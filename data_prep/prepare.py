@@ -194,15 +194,28 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "stream_rows": stream_rows,
         "stream_scored": stream_scored,
     }
-    counts = np.bincount(arrays["split"], minlength=3)
-    fields = {
+    fields = manifest_fields(
+        n_events=df.height, split_counts=np.bincount(arrays["split"], minlength=3),
+        cuts=(val_start, test_start), spec=spec, vocab_sizes=vocab_sizes,
+        n_user_keys=int(arrays["user_key"].max()) + 1, num_stats=num_stats, task_stats=task_stats,
+        min_count=min_count, history_len=history_len, stream_len=stream_len, stream_overlap=stream_overlap,
+        new_user_max_prior=new_user_max_prior, cohort_names=cohort_names, pcode_info=pcode_info)
+    return arrays, fields
+
+
+def manifest_fields(*, n_events: int, split_counts, cuts: tuple, spec: EventSpec, vocab_sizes: dict,
+                    n_user_keys: int, num_stats: dict, task_stats: dict, min_count: int, history_len: int,
+                    stream_len: int, stream_overlap: int, new_user_max_prior: int, cohort_names: dict,
+                    pcode_info: dict) -> dict:
+    """The manifest fields that describe a prepared dataset's arrays (in-memory and partitioned paths)."""
+    return {
         "layout": "per_event",
-        "n_events": int(df.height),
-        "splits": {name: int(n) for name, n in zip(SPLITS, counts)},
-        "cuts": {"val_start": val_start, "test_start": test_start},
+        "n_events": int(n_events),
+        "splits": {name: int(n) for name, n in zip(SPLITS, split_counts)},
+        "cuts": {"val_start": cuts[0], "test_start": cuts[1]},
         "spec": spec.to_dict(),
         "vocab_sizes": vocab_sizes,
-        "n_user_keys": int(arrays["user_key"].max()) + 1,
+        "n_user_keys": int(n_user_keys),
         "numeric_stats": {c: {"mean": m, "std": s} for c, (m, s) in num_stats.items()},
         "task_stats": task_stats,
         "min_count": min_count,
@@ -215,7 +228,6 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "cohorts": cohort_names,
         "pcode": pcode_info,
     }
-    return arrays, fields
 
 
 def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) -> Path:
