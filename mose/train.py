@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     """One run: the test metrics and the best ``val/auc_mean`` (the score of the tested checkpoint)."""
     check_config(cfg)  # config errors stop here, naming the key (mose/config_checks.py)
     pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = build_datamodule(data)
