@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -51,6 +50,7 @@ from data_prep.prepare import (
     _personalization_codes,
     config_hash,
     manifest_fields,
+    swap_in,
 )
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
 from data_prep.sequences import (
@@ -190,21 +190,6 @@ def _open(tmp: Path, name: str, shape: tuple, dtype) -> np.memmap:
     return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> Path:
-    """Rename the finished ``tmp`` folder to ``out_dir`` (the previous dataset is put back on failure)."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if old.exists():
-            os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
 def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | Path, history_len: int = 20,
                         val_frac: float = 0.1, test_frac: float = 0.1, new_user_max_prior: int = 20,
                         stream_len: int = 32, stream_overlap: int = 8, min_count: int = 1,
@@ -325,7 +310,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
                     "partitions": n_part}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         shutil.rmtree(parts_dir, ignore_errors=True)
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(parts_dir, ignore_errors=True)

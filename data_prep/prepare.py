@@ -241,9 +241,14 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) 
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        return swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_in(tmp: Path, out_dir: Path) -> Path:
+    """Rename the finished ``tmp`` folder to ``out_dir``; the previous dataset is put back on failure."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
         os.rename(out_dir, old)
@@ -251,8 +256,7 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) 
         os.rename(tmp, out_dir)
     except BaseException:
         if old.exists():
-            os.rename(old, out_dir)  # put the previous dataset back
-        shutil.rmtree(tmp, ignore_errors=True)
+            os.rename(old, out_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
