@@ -105,9 +105,10 @@ class MultiTaskModule(pl.LightningModule):
     def combined_loss(self, losses: torch.Tensor, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss from the per-task losses ``(T,)`` by ``self.weighting``, plus ``aux["loss"]``;
         also the effective task weights ``(T,)``."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        loss, weights = self.weighting(losses, self.weights, params, shared_parameters(self.model),
-                                       self._grad_scale())
+        params, shared = [], []
+        if self.weighting.needs_gradients:
+            params, shared = [p for p in self.model.parameters() if p.requires_grad], shared_parameters(self.model)
+        loss, weights = self.weighting(losses, self.weights, params, shared, self._grad_scale())
         return loss + aux.get("loss", 0.0), weights
 
     def _logs_this_step(self) -> bool:

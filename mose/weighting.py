@@ -67,7 +67,13 @@ def task_gradients(losses: torch.Tensor, params: list[torch.Tensor], grad_scale:
 
 
 class Weighting(nn.Module):
-    """Base: ``tasks`` names and ``binary`` (per task) are given by the module."""
+    """Base: ``tasks`` names and ``binary`` (per task) are given by the module.
+
+    ``needs_gradients``: whether ``combine`` reads ``params`` / ``shared``; when False the module
+    passes empty lists (collecting the parameters every step costs ~0.2 ms on CPU).
+    """
+
+    needs_gradients = False
 
     def __init__(self, tasks: list[str], binary: list[bool]) -> None:
         super().__init__()
@@ -113,6 +119,8 @@ class Uncertainty(Weighting):
 
 class GradNorm(Weighting):
     """GradNorm with asymmetry ``alpha`` and weight learning rate ``lr`` (plain gradient steps)."""
+
+    needs_gradients = True
 
     def __init__(self, tasks: list[str], binary: list[bool], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks, binary)
@@ -163,6 +171,8 @@ def pcgrad_coefficients(gram: torch.Tensor, order: torch.Tensor | None = None) -
 
 class PCGrad(Weighting):
     """Projecting conflicting gradients; ``seed`` fixes the random task orders (same on every process)."""
+
+    needs_gradients = True
 
     def __init__(self, tasks: list[str], binary: list[bool], seed: int = 0) -> None:
         super().__init__(tasks, binary)

@@ -24,17 +24,18 @@ class MMoE(nn.Module):
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
                  expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
-                 top_k: int = 0, noisy: bool = True, w_importance: float = 0.01, w_load: float = 0.01) -> None:
+                 top_k: int = 0, noisy: bool = True, w_importance: float = 0.01, w_load: float = 0.01,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout)
+        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         if top_k:
             self.gates = NoisyTopKGates(self.embed.out_dim, len(self.tasks), n_experts, top_k, noisy,
                                         w_importance, w_load)
         else:
             self.gates = SoftmaxGates(self.embed.out_dim, len(self.tasks), n_experts)
-        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The last shared layer (GradNorm's ``W``): the experts' output layer."""

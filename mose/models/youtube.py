@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mose.nn.embeddings import FeatureEmbedding, InputSpec
+from mose.nn.embeddings import FeatureEmbedding, InputSpec, id_embedding
 from mose.nn.experts import GroupedMLP
 from mose.nn.gates import SoftmaxGates, mix
 from mose.nn.mlp import MLP
@@ -52,7 +52,7 @@ class YouTubeRanker(nn.Module):
         self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
         self.bias_tower = None
         if present:
-            self.bias_embed = nn.ModuleList(nn.Embedding(input_spec.cat_vocab[names.index(f)], bias_dim)
+            self.bias_embed = nn.ModuleList(id_embedding(input_spec.cat_vocab[names.index(f)], bias_dim)
                                             for f in present)
             mlp = MLP(bias_dim * len(present), list(bias_hidden))
             self.bias_tower = nn.Sequential(mlp, nn.Linear(mlp.out_dim, len(self.tasks)))

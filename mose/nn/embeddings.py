@@ -9,6 +9,23 @@ from torch import nn
 
 from mose.nn.encoders import MeanPool
 
+EMBED_INIT_STD = 0.05
+
+
+def id_embedding(n: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    """An id table initialised ``N(0, EMBED_INIT_STD)`` (padding row 0), not torch's ``N(0, 1)``.
+
+    Unit-variance ids swamp the numeric and context inputs at the start and move ~lr per Adam
+    step, so most of a short training is spent shrinking them: on KuaiRand MMoE test AUC
+    (3 epochs, 3 seeds) rose from 0.677 to 0.687 on is_click, 0.644 to 0.662 on long_view and
+    0.645 to 0.79 on is_follow; on the synthetic default from 0.717 to 0.770 on click
+    (docs/performance.md). Any std from 1e-4 to 0.05 did as well.
+    """
+    table = nn.Embedding(n, dim, padding_idx=padding_idx)
+    nn.init.normal_(table.weight, 0.0, EMBED_INIT_STD)
+    table._fill_padding_idx_with_zero()
+    return table
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -54,10 +71,10 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, spec: InputSpec, dim: int = 16, history: bool = True, previous_labels: bool = False,
                  pool_history: bool = True) -> None:
         super().__init__()
-        self.user = nn.Embedding(spec.n_users, dim)
-        self.item = nn.Embedding(spec.n_items, dim, padding_idx=0)
-        self.cat = nn.ModuleList(nn.Embedding(n, dim) for n in spec.cat_vocab)
-        self.prior = nn.Embedding(spec.n_prior_buckets, dim)
+        self.user = id_embedding(spec.n_users, dim)
+        self.item = id_embedding(spec.n_items, dim, padding_idx=0)
+        self.cat = nn.ModuleList(id_embedding(n, dim) for n in spec.cat_vocab)
+        self.prior = id_embedding(spec.n_prior_buckets, dim)
         n_labels = spec.n_history_labels
         self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
         self.pool = MeanPool() if history and pool_history else None

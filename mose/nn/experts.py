@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from mose.nn.norm import FeatureNorm
+
 
 class GroupedLinear(nn.Module):
     """``G`` independent linear maps with stacked weights ``(G, in, out)``.
@@ -29,18 +31,22 @@ class GroupedLinear(nn.Module):
 class GroupedMLP(nn.Module):
     """``G`` MLPs of the same shape in one batched pass: ``(B, in) | (B, G, in) -> (B, G, hidden[-1])``.
 
-    With ``last_activation=False`` the final layer is linear (a tower's logit layer).
+    With ``last_activation=False`` the final layer is linear (a tower's logit layer). ``norm``
+    (``batch`` | ``layer``) normalises every layer followed by an activation, before the ReLU.
 
     >>> GroupedMLP(4, 8, [16, 3])(torch.zeros(2, 8)).shape
     torch.Size([2, 4, 3])
     """
 
     def __init__(self, groups: int, in_dim: int, hidden: list[int], dropout: float = 0.0,
-                 last_activation: bool = True) -> None:
+                 last_activation: bool = True, norm: str | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList()
-        for out_dim in hidden:
+        self.norms = nn.ModuleList()
+        for i, out_dim in enumerate(hidden):
             self.layers.append(GroupedLinear(groups, in_dim, out_dim))
+            if norm and (i < len(hidden) - 1 or last_activation):
+                self.norms.append(FeatureNorm(norm, (groups, out_dim)))
             in_dim = out_dim
         self.dropout = nn.Dropout(dropout)
         self.last_activation = last_activation
@@ -50,5 +56,7 @@ class GroupedMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1 or self.last_activation:
+                if self.norms:
+                    x = self.norms[i](x)
                 x = self.dropout(torch.relu(x))
         return x

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mose.nn.attention import TargetAttention
+from mose.nn.embeddings import id_embedding
 from mose.nn.experts import GroupedMLP
 
 
@@ -49,7 +50,7 @@ class PersonalizationCode(nn.Module):
         super().__init__()
         if not vocab:
             raise ValueError("POSO needs a personalization code: the dataset has no 'pcode' (re-prepare it)")
-        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in vocab)
+        self.tables = nn.ModuleList(id_embedding(n, dim) for n in vocab)
         self.out_dim = dim * len(vocab)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:

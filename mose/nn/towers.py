@@ -11,9 +11,10 @@ from mose.nn.experts import GroupedMLP
 class Towers(nn.Module):
     """One MLP tower per task, batched: ``(B, T, in_dim) | (B, in_dim) -> (B, T)`` logits."""
 
-    def __init__(self, n_tasks: int, in_dim: int, hidden: list[int], dropout: float = 0.0) -> None:
+    def __init__(self, n_tasks: int, in_dim: int, hidden: list[int], dropout: float = 0.0,
+                 norm: str | None = None) -> None:
         super().__init__()
-        self.mlp = GroupedMLP(n_tasks, in_dim, [*hidden, 1], dropout, last_activation=False)
+        self.mlp = GroupedMLP(n_tasks, in_dim, [*hidden, 1], dropout, last_activation=False, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x).squeeze(-1)
