@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mose.nn.experts import GroupedLinear, GroupedMLP
+from mose.nn.gates import gate_softmax
 
 
 class ExtractionLayer(nn.Module):
@@ -45,7 +46,7 @@ class ExtractionLayer(nn.Module):
             experts = self.experts(per_expert)
             gate_in = task_x if self.n_gates == self.n_tasks else torch.cat([task_x, shared_x.unsqueeze(1)], 1)
         logits = self.gates(gate_in).float().masked_fill(~self.allowed, float("-inf"))
-        gates = torch.softmax(logits, -1)  # (B, gates, E), exactly 0 off the task's own + shared experts
+        gates = gate_softmax(logits)  # (B, gates, E), exactly 0 off the task's own + shared experts
         out = torch.einsum("beh,bge->bgh", experts, gates.to(experts.dtype))
         shared_out = out[:, self.n_tasks] if self.n_gates > self.n_tasks else None
         return out[:, :self.n_tasks], shared_out, gates

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mose.nn.gates import gate_softmax
+
 
 def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Squared coefficient of variation over the last dim: ``(..., E) -> (...)``; 0 for one expert."""
@@ -49,7 +51,7 @@ class NoisyTopKGates(nn.Module):
             std, logits = None, clean
         top = logits.topk(min(self.k + 1, self.n_experts), dim=-1)
         keep = torch.full_like(logits, float("-inf")).scatter(-1, top.indices[..., :self.k], top.values[..., :self.k])
-        gates = torch.softmax(keep, dim=-1)  # exactly k non-zero per row
+        gates = gate_softmax(keep)  # exactly k non-zero per row
         return gates, self.balance_loss(gates, clean, logits, std, top.values)
 
     def balance_loss(self, gates: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor,
