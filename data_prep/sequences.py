@@ -76,7 +76,7 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     """The last ``length`` rows of ``values`` before each ``ends``, oldest first: ``(N, ...) -> (N, length, ...)``.
 
     Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. Equal to
-    ``gather_history(values, *history_positions(df, length))``, but one ``np.take`` of rows of a
+    ``gather_history(values, *history_positions(df, length))``, but one gather of rows of a
     sliding-window view (each row a contiguous copy) instead of an ``(N, length)`` index array.
     """
     values = np.ascontiguousarray(values)
@@ -86,7 +86,9 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     ext = np.empty((n + length, *rest), dtype=values.dtype)
     ext[:length], ext[length:] = pad, values
     flat = ext.reshape(n + length, -1).view(row).reshape(n + length)
-    out = np.take(np.lib.stride_tricks.sliding_window_view(flat, length), ends, axis=0)
+    # fancy indexing reads the strided window view in place; np.take would first copy the whole
+    # (N + length, length) view to a contiguous array (3-10x slower at 1e7 events, mostly in the kernel)
+    out = np.lib.stride_tricks.sliding_window_view(flat, length)[ends]
     short = np.flatnonzero(n_prior < length)  # only the first `length` events of each user need padding
     if len(short):
         sub = out[short]
