@@ -47,6 +47,7 @@ import polars as pl
 from data_prep.prepare import (
     FORMAT_VERSION,
     _cohort_codes,
+    check_item_vocab,
     _personalization_codes,
     config_hash,
     manifest_fields,
@@ -54,6 +55,7 @@ from data_prep.prepare import (
 )
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
 from data_prep.sequences import (
+    HIST_ITEM_DTYPE,
     N_PRIOR_BUCKETS,
     gather_windows,
     history_ends,
@@ -223,6 +225,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         stats = _stats_pass(part_files, spec, (val_start, test_start), new_user_max_prior, activity_buckets,
                             personalization)
         vocabs = {c: _vocab(f, c, min_count if c in (USER, ITEM) else 1) for c, f in stats["firsts"].items()}
+        check_item_vocab(vocabs[ITEM].height + 2)
         num_stats = {c: (float(m or 0.0), float(s) if s and s > 0 else 1.0) for c, (m, s) in stats["num"].items()}
         task_stats = {t: {"mean": float(m), "std": float(s or 1.0) or 1.0} for t, (m, s) in stats["tasks"].items()}
         users = stats["users"].with_columns(pl.int_range(0, pl.len(), dtype=pl.Int64).alias("_key"))
@@ -244,7 +247,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             "item": ((n,), np.int64), "cat": ((n, n_cat), np.int64), "num": ((n, n_num), np.float32),
             "labels": ((n, n_tasks), np.float32), "n_prior": ((n,), np.int64), "prior_bucket": ((n,), np.int64),
             "cohorts": ((n, len(cohort_names)), np.int64), "pcode": ((n, 2 + len(personalization)), np.int64),
-            "hist_item": ((n, history_len), np.int64), "hist_label": ((n, history_len, n_bin), np.int8),
+            "hist_item": ((n, history_len), HIST_ITEM_DTYPE), "hist_label": ((n, history_len, n_bin), np.int8),
             "prev_label": ((n, n_bin), np.int8),
         }
         for name, (shape, dtype) in shapes.items():
@@ -348,7 +351,7 @@ def _partition_arrays(df: pl.DataFrame, spec: EventSpec, vocabs: dict, num_stats
         "prior_bucket": df["prior_bucket"].to_numpy(),
         "cohorts": cohorts,
         "pcode": pcode,
-        "hist_item": gather_windows(item, ends, n_prior, history_len),
+        "hist_item": gather_windows(item.astype(HIST_ITEM_DTYPE), ends, n_prior, history_len),
         "hist_label": gather_windows(binary, ends, n_prior, history_len),
         "prev_label": gather_windows(binary, ends, n_prior, 1)[:, 0],
     }

@@ -15,7 +15,7 @@ Arrays (N events, sorted by user then time; K = history length, L = binary tasks
                                (n_prior < new_user_max_prior), then one code per
                                ``personalization`` column; names/sizes in ``manifest["pcode"]``
     cohorts (N, G) int64       cohort value codes, names in ``manifest["cohorts"]``
-    hist_item (N, K) int64     last K items strictly before the event (0 = padding), oldest first
+    hist_item (N, K) int32     last K items strictly before the event (0 = padding), oldest first
     hist_label (N, K, L) int8  the binary labels of those history events
     prev_label (N, L) int8     binary labels of the user's latest event strictly before (0 if none)
     user_offsets (U + 1,)      first row of each user (rows are sorted by user), then N
@@ -41,6 +41,7 @@ import polars as pl
 from data_prep.schema import ITEM, TS, USER, EventSpec, validate
 from data_prep.sequences import (
     N_PRIOR_BUCKETS,
+    HIST_ITEM_DTYPE,
     gather_windows,
     history_ends,
     prior_bucket_expr,
@@ -51,7 +52,7 @@ from data_prep.sequences import (
 from data_prep.split import SPLITS, TRAIN, split_expr, time_cuts
 from data_prep.vocab import encode, fit_standardizer, fit_vocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hist_item int32 (1: int64; both load)
 NEW_USER = "new_user"
 
 
@@ -156,6 +157,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         vocab = fit_vocab(train, col, min_count if col in (USER, ITEM) else 1)
         vocab_sizes[col] = vocab.height + 2
         cats.append(encode(df, vocab, col).to_numpy())
+    check_item_vocab(vocab_sizes[ITEM])
     user, item, cat = cats[0], cats[1], np.stack(cats[2:], axis=1) if spec.categorical else np.zeros((df.height, 0))
 
     num_stats = fit_standardizer(train, list(spec.numeric))
@@ -187,7 +189,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         "prior_bucket": df["prior_bucket"].to_numpy(),
         "cohorts": cohorts.astype(np.int64),
         "pcode": pcode,
-        "hist_item": gather_windows(item.astype(np.int64), ends, n_prior, history_len),
+        "hist_item": gather_windows(item.astype(HIST_ITEM_DTYPE), ends, n_prior, history_len),
         "hist_label": gather_windows(binary, ends, n_prior, history_len),
         "prev_label": gather_windows(binary, ends, n_prior, 1)[:, 0],
         "user_offsets": user_offsets.astype(np.int64),
@@ -260,6 +262,12 @@ def swap_in(tmp: Path, out_dir: Path) -> Path:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def check_item_vocab(n_items: int) -> None:
+    """``hist_item`` stores item codes as ``HIST_ITEM_DTYPE``: refuse a vocabulary that does not fit."""
+    if n_items > np.iinfo(HIST_ITEM_DTYPE).max:
+        raise ValueError(f"column '{ITEM}': {n_items:,} item codes do not fit hist_item's {np.dtype(HIST_ITEM_DTYPE)}")
 
 
 def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, history_len: int = 20,

@@ -13,6 +13,8 @@ import polars as pl
 from data_prep.schema import TS, USER
 from data_prep.vocab import PAD
 
+HIST_ITEM_DTYPE = np.int32  # item codes in histories: 80 instead of 160 bytes per event at K = 20
+
 N_PRIOR_BUCKETS = 16
 
 

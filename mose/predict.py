@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_prep.build import ensure_prepared, event_spec
 from data_prep.prepare import NEW_USER, read_manifest
 from data_prep.schema import ITEM, TS, USER, SchemaError
-from data_prep.sequences import gather_history, prior_bucket_expr, prior_count_expr
+from data_prep.sequences import HIST_ITEM_DTYPE, gather_history, prior_bucket_expr, prior_count_expr
 from data_prep.split import SPLITS, TRAIN, split_expr
 from data_prep.vocab import encode, fit_vocab
 from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit
@@ -185,7 +185,7 @@ class CandidateEncoder:
             "labels": np.zeros((n, len(spec.task_names)), np.float32),
             "n_prior": n_prior, "prior_bucket": df["prior_bucket"].to_numpy().astype(np.int64),
             "cohorts": self._cohorts(df),
-            "hist_item": gather_history(item_log, pos, valid),
+            "hist_item": gather_history(item_log.astype(HIST_ITEM_DTYPE), pos, valid),
             "hist_label": gather_history(labels_log, pos, valid),
             "prev_label": gather_history(labels_log, np.maximum(last, 0), last >= 0),
             "last": last,

@@ -20,7 +20,7 @@ from conftest import CATEGORICAL, COHORTS, NUMERIC, PREP, TASKS, load
 
 from data_prep import build
 from data_prep.build import ensure_prepared
-from data_prep.prepare import prepare, read_manifest
+from data_prep.prepare import check_item_vocab, prepare, read_manifest
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
 from data_prep.sequences import prior_bucket_expr
 from data_prep.split import time_cuts
@@ -87,6 +87,13 @@ def test_n_prior_counts_only_strictly_earlier_events(ref, arrays):
     running = [sum(1 for j in ref.order[:r] if ref.cols["user_id"][j] == ref.cols["user_id"][ref.order[r]])
                for r in range(200)]
     assert running != expected[:200]
+
+
+def test_history_items_are_int32_and_a_larger_item_vocabulary_is_refused(arrays):
+    assert arrays["hist_item"].dtype == np.int32
+    check_item_vocab(2**31 - 1)
+    with pytest.raises(ValueError, match="column 'item_id'.*do not fit"):
+        check_item_vocab(2**31)
 
 
 def test_prior_bucket(arrays):
