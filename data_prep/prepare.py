@@ -74,15 +74,6 @@ def activity_names(bounds: list[int]) -> list[str]:
     return [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
 
 
-def activity_expr(bounds: list[int]) -> pl.Expr:
-    """Activity bucket of each event from the user's past only (``n_prior``), as its name."""
-    names = activity_names(bounds)
-    code = pl.lit(0, dtype=pl.Int64)
-    for b in bounds:
-        code = code + (pl.col("n_prior") >= b).cast(pl.Int64)
-    return code.replace_strict(list(range(len(names))), names, return_dtype=pl.String).alias(ACTIVITY)
-
-
 def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int,
                   activity_buckets: list[int] | None = None) -> tuple[np.ndarray, dict]:
     """Cohort codes ``(N, G)`` and their value names; ``new_user`` derives from the past if not given.
@@ -90,24 +81,24 @@ def _cohort_codes(df: pl.DataFrame, spec: EventSpec, new_user_max_prior: int,
     With ``activity_buckets`` (ascending prior-event counts) an ``activity`` cohort is added last:
     the bucket of the user's count of strictly earlier events (past only, like ``n_prior``).
     """
-    if NEW_USER not in spec.cohorts:
-        df = df.with_columns(
-            pl.when(pl.col("n_prior") < new_user_max_prior).then(pl.lit("new")).otherwise(pl.lit("regular"))
-            .alias(NEW_USER)
-        )
-    extra = []
-    if activity_buckets:
-        bounds = [int(b) for b in activity_buckets]
-        if bounds != sorted(set(bounds)) or bounds[0] <= 0:
-            raise ValueError(f"prep.activity_buckets must be ascending positive counts, got {activity_buckets}")
-        df = df.with_columns(activity_expr(bounds))
-        extra = [ACTIVITY]
+    bounds = [int(b) for b in activity_buckets or []]
+    if bounds and (bounds != sorted(set(bounds)) or bounds[0] <= 0):
+        raise ValueError(f"prep.activity_buckets must be ascending positive counts, got {activity_buckets}")
+    n_prior = df["n_prior"].to_numpy()
     names, codes = {}, []
-    for col in [NEW_USER, *[c for c in spec.cohorts if c != NEW_USER], *extra]:
+    for col in [NEW_USER, *[c for c in spec.cohorts if c != NEW_USER]]:
+        if col not in spec.cohorts:  # new_user derived from the past: codes straight from n_prior
+            regular = n_prior >= new_user_max_prior
+            names[col] = [v for v, seen in (("new", not regular.all()), ("regular", regular.any())) if seen]
+            codes.append(regular.astype(np.int64) if len(names[col]) == 2 else np.zeros(len(regular), np.int64))
+            continue
         values = df[col].cast(pl.String).fill_null("UNKNOWN")
-        names[col] = activity_names(bounds) if col == ACTIVITY and extra else sorted(values.unique().to_list())
-        codes.append(values.replace_strict(names[col], list(range(len(names[col]))), return_dtype=pl.Int64))
-    return np.stack([c.to_numpy() for c in codes], axis=1), names
+        names[col] = sorted(values.unique().to_list())
+        codes.append(values.replace_strict(names[col], list(range(len(names[col]))), return_dtype=pl.Int64).to_numpy())
+    if bounds:  # the bucket index: how many bounds the user's earlier-event count has reached
+        names[ACTIVITY] = activity_names(bounds)
+        codes.append(np.searchsorted(np.array(bounds), n_prior, side="right").astype(np.int64))
+    return np.stack(codes, axis=1), names
 
 
 def _personalization_codes(df: pl.DataFrame, train: pl.DataFrame, new_user_max_prior: int,
