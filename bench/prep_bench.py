@@ -107,35 +107,74 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"mode": mode, "n": n, "seconds": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_gib": peak_rss_gib(),
+    return {"mode": mode, "n": n, "seconds": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime,
+            "sys_s": ru.ru_stime, "rss_gib": peak_rss_gib(),
             "out_gib": size / 2**30,
             "timings": timings}
 
 
-def profile(n: int, top: int = 12) -> list[tuple[str, float]]:
-    """Cumulative seconds of the slowest functions of the in-memory prep of ``n`` events."""
-    import cProfile
-    import pstats
+PHASES = {"data_prep.sequences": ["sort_events", "history_ends", "gather_windows", "stream_chunks"],
+          "data_prep.prepare": ["build_arrays", "_cohort_codes", "_personalization_codes", "write_dataset"]}
+
+
+def profile(n: int) -> list[dict]:
+    """Wall, user-CPU and kernel-CPU seconds and page faults of the in-memory prep of ``n`` events, per phase.
+
+    Each function of ``PHASES`` is wrapped to read ``getrusage`` around its calls (nested phases
+    count in their parent too: everything runs inside ``build_arrays`` except ``write_dataset``);
+    the first row is the whole ``prepare``. Run it in a fresh process (``--child profile``).
+    """
+    import functools
+    import importlib
+    import resource
 
     import polars as pl
 
     from data_prep.build import event_spec
-    from data_prep.prepare import prepare
 
+    rows: dict[str, dict] = {}
+
+    def usage() -> tuple[float, float, float, int]:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
+
+    def measured(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            before = usage()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                row = rows.setdefault(name, {"phase": name, "wall": 0.0, "user": 0.0, "sys": 0.0, "faults": 0})
+                for key, a, b in zip(("wall", "user", "sys", "faults"), before, usage()):
+                    row[key] += b - a
+        return wrapper
+
+    prepare_module = importlib.import_module("data_prep.prepare")
+    for module_name, names in PHASES.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            wrapped = measured(name, getattr(module, name))
+            for target in (module, prepare_module):  # prepare.py imported the sequences functions by name
+                if hasattr(target, name):
+                    setattr(target, name, wrapped)
     data = data_config()
-    events = pl.read_parquet(sorted(generate_raw(n, raw_dir(n)).glob("*.parquet")))
-    prof = cProfile.Profile()
+    events = pl.read_parquet(sorted(raw_dir(n).glob("*.parquet")))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        prof.enable()
-        prepare(events, event_spec(data), Path(tmp) / "d", **data["prep"])
-        prof.disable()
-    stats = pstats.Stats(prof).stats
-    rows = []
-    for (file, line, fn), (_, _, tt, ct, _) in stats.items():
-        if "data_prep" in file or fn in ("sort", "collect", "save", "join", "take", "to_numpy"):
-            rows.append((f"{Path(file).name}:{fn}", ct, tt))
-    rows.sort(key=lambda r: -r[1])
-    return [(name, ct) for name, ct, _ in rows[:top]]
+        measured("prepare (total)", prepare_module.prepare)(events, event_spec(data), Path(tmp) / "d", **data["prep"])
+    return sorted(rows.values(), key=lambda r: -r["wall"])
+
+
+def run_profile(n: int) -> list[dict]:
+    """``profile(n)`` in a fresh process (raw data generated first if missing)."""
+    generate_raw(n, raw_dir(n))
+    return run_child([__file__, "--child", "profile", "--n", str(n)])["phases"]
+
+
+def profile_table(rows: list[dict]) -> list[str]:
+    lines = ["| phase | wall s | user CPU s | kernel (sys) CPU s | minor page faults |", "|---|---|---|---|---|"]
+    return lines + [f"| `{r['phase']}` | {r['wall']:.2f} | {r['user']:.2f} | {r['sys']:.2f} | {r['faults']:,} |"
+                    for r in rows]
 
 
 def exponent(ns: list[int], ts: list[float]) -> float:
@@ -162,7 +201,7 @@ def run(sizes: list[int], big: bool = False, rows_per_partition: int = 2_000_000
                 r = run_child([__file__, "--child", mode, "--raw", str(raw_dir(n)), "--out", str(Path(tmp) / "d"),
                                "--rows-per-partition", str(rows_per_partition)])
             r["events_per_s"] = r["n"] / r["seconds"]
-            print(f"  prep {mode:11s} n={n:.0e}: {r['seconds']:.1f}s ({r['cpu_s']:.1f} CPU s), "
+            print(f"  prep {mode:11s} n={n:.0e}: {r['seconds']:.1f}s ({r['user_s']:.1f} user + {r['sys_s']:.1f} sys CPU s), "
                   f"{r['events_per_s']:,.0f} events/s, "
                   f"peak RSS {r['rss_gib']:.2f} GiB, output {r['out_gib']:.2f} GiB", flush=True)
             results.append(r)
@@ -177,12 +216,13 @@ def run(sizes: list[int], big: bool = False, rows_per_partition: int = 2_000_000
 
 
 def table(res: dict) -> list[str]:
-    lines = ["| path | events | seconds | events / s | CPU s | events / CPU s | peak RSS (GiB) | output (GiB) "
-             "| breakdown (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| path | events | seconds | events / s | user CPU s | kernel (sys) CPU s | events / user CPU s "
+             "| peak RSS (GiB) | output (GiB) | breakdown (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         br = ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items() if k != "total")
         lines.append(f"| {r['mode']} | {r['n']:.0e} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | "
-                     f"{r['cpu_s']:.1f} | {r['n'] / r['cpu_s']:,.0f} | {r['rss_gib']:.2f} | {r['out_gib']:.2f} | {br} |")
+                     f"{r['user_s']:.1f} | {r['sys_s']:.1f} | {r['n'] / r['user_s']:,.0f} | {r['rss_gib']:.2f} | "
+                     f"{r['out_gib']:.2f} | {br} |")
     lines += ["", "Scaling exponent (slope of log seconds vs log events; 1.0 = linear): " + ", ".join(
         f"{m} {s:.2f}" for m, s in res["exponents"].items())]
     return lines
@@ -193,8 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="*", type=float, default=[1e5, 1e6, 1e7])
     parser.add_argument("--big", action="store_true", help="also the partitioned prep of 1e8 events")
     parser.add_argument("--rows-per-partition", type=int, default=2_000_000)
-    parser.add_argument("--profile", type=float, default=0, help="profile the in-memory prep at this size")
-    parser.add_argument("--child", choices=["gen", "memory", "partitioned"], help=argparse.SUPPRESS)
+    parser.add_argument("--profile", type=float, default=0, help="per-phase wall / user / kernel seconds of the "
+                        "in-memory prep at this size")
+    parser.add_argument("--child", choices=["gen", "memory", "partitioned", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--raw", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -203,12 +244,14 @@ def main(argv: list[str] | None = None) -> None:
         generate_raw(args.n, raw_dir(args.n))
         print(json.dumps({"rss_gib": peak_rss_gib()}))
         return
+    if args.child == "profile":
+        print(json.dumps({"phases": profile(args.n)}))
+        return
     if args.child:
         print(json.dumps(child(args.child, Path(args.raw), Path(args.out), args.rows_per_partition)))
         return
     if args.profile:
-        for name, ct in profile(int(args.profile)):
-            print(f"{ct:8.2f}s  {name}")
+        print("\n".join(profile_table(run_profile(int(args.profile)))))
         return
     from common import environment
 

@@ -29,8 +29,7 @@ BIG_JSON = prep_bench.BIG_JSON
 
 
 def prep_profile_lines(n: int) -> list[str]:
-    rows = prep_bench.profile(n)
-    return ["| function | cumulative s |", "|---|---|"] + [f"| `{name}` | {ct:.2f} |" for name, ct in rows]
+    return prep_bench.profile_table(prep_bench.run_profile(n))
 
 
 def lightning_profile_lines(threads: int) -> list[str]:
@@ -86,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         prep = prep_bench.run([int(s) for s in args.sizes], big=args.big)
         if args.big:
             prep_bench.save_big(prep, env)
-        profile_n = int(min(1e6, max(args.sizes)))
+        profile_n = int(max(args.sizes))
         prep_prof = prep_profile_lines(profile_n)
     else:
         prep, args.sizes = last["prep"], last.get("sizes", args.sizes)
-        profile_n = last.get("profile_n", int(min(1e6, max(args.sizes))))
+        profile_n = last.get("profile_n", int(max(args.sizes)))
         prep_prof = last.get("prep_prof") or prep_profile_lines(profile_n)
 
     if "prep" in parts:
@@ -185,8 +184,9 @@ def render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minut
         lines += ["The 1e8 partitioned run (`python bench/prep_bench.py --big`) has not been recorded on this "
                   "machine yet.", ""]
     lines += [
-        f"Where the in-memory prep spends its time ({profile_n:.0e} events, cProfile, cumulative seconds; "
-        "the sum exceeds the total where functions nest):",
+        f"Where the in-memory prep spends its time ({profile_n:.0e} events, `python bench/prep_bench.py --sizes "
+        f"--profile {profile_n:.0e}`: `getrusage` around each phase in a fresh process; nested phases count in "
+        "their parent too, everything but `write_dataset` runs inside `build_arrays`):",
         "",
         *prep_prof,
         "",
@@ -239,7 +239,8 @@ def findings(prep, train, peer, mem) -> list[str]:
         exp = prep["exponents"].get("memory")
         verdict = "holds" if mem["events_per_s"] >= 1e6 else "not met"
         lines.append(f"- **Prep >= 1M events/s at 1e7, near-linear**: {verdict} - {mem['events_per_s']:,.0f} "
-                     f"events/s wall ({mem['n'] / mem['cpu_s']:,.0f} per CPU-second), scaling exponent "
+                     f"events/s wall ({mem['n'] / mem['user_s']:,.0f} per user CPU-second; kernel time "
+                     f"{mem['sys_s']:.1f} of {mem['seconds']:.1f} s), scaling exponent "
                      + (f"{exp:.2f}" if exp is not None else "n/a"))
     big = json.loads(BIG_JSON.read_text())["results"] if BIG_JSON.exists() else []
     for r in big:
