@@ -20,6 +20,7 @@ from torch import nn
 
 from data_prep.build import event_spec
 from data_prep.schema import SchemaError
+from mose.nn.norm import NORMS
 
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 LAYOUTS = ("per_event", "per_stream")
@@ -74,6 +75,10 @@ def check_model(model: Mapping) -> None:
 
 
 def _check_value(path: str, key: str, value: Any) -> None:
+    if key == "norm":
+        if value is not None and value not in NORMS:
+            raise ConfigError(f"{path}={value}: must be one of {', '.join(NORMS)} or null")
+        return
     if key == "dropout" or key.endswith("_dropout"):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
             raise ConfigError(f"{path}={value}: a dropout probability must be in [0, 1)")

@@ -38,6 +38,7 @@ def test_every_shipped_model_config_passes(model):
     ("model.embed_dim=-4", "model.embed_dim"),
     ("model.expert=[32,0]", "model.expert"),
     ("model.dropout=1.5", "model.dropout"),
+    ("model.norm=group", "model.norm"),
     ("data.batch_size=0", "data.batch_size"),
     ("data.layout=per_user", "data.layout"),
     ("data.prep.val_frac=0.95", "data.prep.val_frac"),

@@ -21,7 +21,8 @@ class DeepMoE(nn.Module):
     ``aux["layer_gates"] (B, L-1, E)`` the earlier layers' gates."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
-                 layers: list[int] = (64, 32), tower: list[int] = (32,), dropout: float = 0.0) -> None:
+                 layers: list[int] = (64, 32), tower: list[int] = (32,), dropout: float = 0.0,
+                 norm: str | None = None) -> None:
         super().__init__()
         if not layers:
             raise ValueError("model.layers needs at least one MoE layer size")
@@ -31,10 +32,10 @@ class DeepMoE(nn.Module):
         in_dim = self.embed.out_dim
         for i, hidden in enumerate(layers):
             last = i == len(layers) - 1
-            self.experts.append(GroupedMLP(n_experts, in_dim, [hidden], dropout))
+            self.experts.append(GroupedMLP(n_experts, in_dim, [hidden], dropout, norm=norm))
             self.gates.append(SoftmaxGates(in_dim, len(self.tasks) if last else 1, n_experts))
             in_dim = hidden
-        self.towers = Towers(len(self.tasks), in_dim, list(tower), dropout)
+        self.towers = Towers(len(self.tasks), in_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.experts[-1].layers[-1].parameters())

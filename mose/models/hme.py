@@ -22,15 +22,15 @@ class HME(nn.Module):
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_branches: int = 2,
                  n_experts: int = 2, expert: list[int] = (64,), tower: list[int] = (32,),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm: str | None = None) -> None:
         super().__init__()
         self.tasks, self.n_branches, self.n_experts = list(tasks), n_branches, n_experts
         n = len(self.tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.experts = GroupedMLP(n_branches * n_experts, self.embed.out_dim, list(expert), dropout)
+        self.experts = GroupedMLP(n_branches * n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         self.top = SoftmaxGates(self.embed.out_dim, n, n_branches)
         self.lower = SoftmaxGates(self.embed.out_dim, n * n_branches, n_experts)
-        self.towers = Towers(n, self.experts.out_dim, list(tower), dropout)
+        self.towers = Towers(n, self.experts.out_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.experts.layers[-1].parameters())

@@ -19,13 +19,14 @@ class LinearCombination(nn.Module):
     """``aux["gates"] (B, T, E)``: the static weights, equal for every row."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
-                 expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0) -> None:
+                 expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout)
+        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         self.mix_logits = nn.Parameter(torch.zeros(len(self.tasks), n_experts))
-        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.experts.layers[-1].parameters())

@@ -28,16 +28,16 @@ class OMoE(nn.Module):
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
                  expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
-                 mixture: str = "hidden") -> None:
+                 mixture: str = "hidden", norm: str | None = None) -> None:
         super().__init__()
         if mixture not in MIXTURES:
             raise ValueError(f"model.mixture must be one of {MIXTURES}, got '{mixture}'")
         self.tasks, self.mixture = list(tasks), mixture
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout)
+        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         self.gate = SoftmaxGates(self.embed.out_dim, 1, n_experts)
         if mixture == "hidden":
-            self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+            self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
         else:  # each expert predicts every task itself
             self.heads = GroupedLinear(n_experts, self.experts.out_dim, len(self.tasks))
 

@@ -21,7 +21,7 @@ class PLE(nn.Module):
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, levels: int = 2,
                  n_specific: int = 1, n_shared: int = 2, expert: list[int] = (64,), tower: list[int] = (32,),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm: str | None = None) -> None:
         super().__init__()
         if levels < 1:
             raise ValueError(f"model.levels must be >= 1, got {levels}")
@@ -31,10 +31,10 @@ class PLE(nn.Module):
         self.levels = nn.ModuleList()
         in_dim = self.embed.out_dim
         for level in range(levels):
-            layer = ExtractionLayer(n, in_dim, list(expert), n_specific, n_shared, level < levels - 1, dropout)
+            layer = ExtractionLayer(n, in_dim, list(expert), n_specific, n_shared, level < levels - 1, dropout, norm)
             self.levels.append(layer)
             in_dim = layer.out_dim
-        self.towers = Towers(n, in_dim, list(tower), dropout)
+        self.towers = Towers(n, in_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.levels[-1].experts.layers[-1].parameters())

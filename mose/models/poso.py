@@ -34,7 +34,7 @@ class PosoMMoE(nn.Module):
                  expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
                  mha: bool = True, attn_dim: int = 32, attn_heads: int = 2, n_values: int = 4,
                  mlp_poso: bool = False, mha_poso: bool = False, mmoe_poso: bool = False,
-                 gate_scale: float = 2.0, gate_hidden: int = 32, pc_dim: int = 8) -> None:
+                 gate_scale: float = 2.0, gate_hidden: int = 32, pc_dim: int = 8, norm: str | None = None) -> None:
         super().__init__()
         if mha_poso and not mha:
             raise ValueError("model.mha_poso needs model.mha=true (attention fusion)")
@@ -51,12 +51,12 @@ class PosoMMoE(nn.Module):
             in_dim += 2 * embed_dim  # attention output and its product with the candidate item
         gate_args = dict(gate_hidden=gate_hidden, scale=gate_scale)
         if mlp_poso:
-            self.experts = PosoGroupedMLP(n_experts, in_dim, list(expert), self.pc.out_dim, dropout, **gate_args)
+            self.experts = PosoGroupedMLP(n_experts, in_dim, list(expert), self.pc.out_dim, dropout, norm=norm, **gate_args)
             self.towers = PosoGroupedMLP(n_tasks, self.experts.out_dim, [*tower, 1], self.pc.out_dim, dropout,
-                                         last_activation=False, **gate_args)
+                                         last_activation=False, norm=norm, **gate_args)
         else:
-            self.experts = GroupedMLP(n_experts, in_dim, list(expert), dropout)
-            self.towers = GroupedMLP(n_tasks, self.experts.out_dim, [*tower, 1], dropout, last_activation=False)
+            self.experts = GroupedMLP(n_experts, in_dim, list(expert), dropout, norm=norm)
+            self.towers = GroupedMLP(n_tasks, self.experts.out_dim, [*tower, 1], dropout, last_activation=False, norm=norm)
         self.gates = SoftmaxGates(in_dim, n_tasks, n_experts)
         self.expert_gate = PersonalizedGate(self.pc.out_dim, n_experts, gate_hidden, gate_scale) if mmoe_poso else None
         self.mlp_poso, self.mha_poso = mlp_poso, mha_poso

@@ -14,12 +14,13 @@ class SharedBottom(nn.Module):
     """``embed -> shared MLP -> per-task towers``."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16,
-                 bottom: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0) -> None:
+                 bottom: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.bottom = MLP(self.embed.out_dim, list(bottom), dropout)
-        self.towers = Towers(len(self.tasks), self.bottom.out_dim, list(tower), dropout)
+        self.bottom = MLP(self.embed.out_dim, list(bottom), dropout, norm)
+        self.towers = Towers(len(self.tasks), self.bottom.out_dim, list(tower), dropout, norm)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         return task_logits(self.towers(self.bottom(self.embed(batch))), self.tasks)

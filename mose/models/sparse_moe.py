@@ -24,13 +24,14 @@ class SparseMoE(nn.Module):
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 8,
                  k: int = 2, noisy: bool = True, w_importance: float = 0.01, w_load: float = 0.01,
-                 expert: list[int] = (64,), tower: list[int] = (32,), dropout: float = 0.0) -> None:
+                 expert: list[int] = (64,), tower: list[int] = (32,), dropout: float = 0.0,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout)
+        self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         self.gate = NoisyTopKGates(self.embed.out_dim, 1, n_experts, k, noisy, w_importance, w_load)
-        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.experts.layers[-1].parameters())

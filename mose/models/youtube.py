@@ -35,7 +35,8 @@ class YouTubeRanker(nn.Module):
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, shared: list[int] = (128,),
                  n_experts: int = 4, expert: list[int] = (64,), tower: list[int] = (32,), dropout: float = 0.0,
                  bias_features: list[str] = ("position", "device"), bias_dim: int = 8,
-                 bias_hidden: list[int] = (), score_weights: dict[str, float] | None = None) -> None:
+                 bias_hidden: list[int] = (), score_weights: dict[str, float] | None = None,
+                 norm: str | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         names = list(input_spec.cat_names)
@@ -46,10 +47,10 @@ class YouTubeRanker(nn.Module):
         self.register_buffer("bias_cols", torch.tensor([names.index(f) for f in present], dtype=torch.long),
                              persistent=False)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
-        self.shared = MLP(self.embed.out_dim, list(shared), dropout)
-        self.experts = GroupedMLP(n_experts, self.shared.out_dim, list(expert), dropout)
+        self.shared = MLP(self.embed.out_dim, list(shared), dropout, norm)
+        self.experts = GroupedMLP(n_experts, self.shared.out_dim, list(expert), dropout, norm=norm)
         self.gates = SoftmaxGates(self.shared.out_dim, len(self.tasks), n_experts)
-        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout)
+        self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
         self.bias_tower = None
         if present:
             self.bias_embed = nn.ModuleList(id_embedding(input_spec.cat_vocab[names.index(f)], bias_dim)

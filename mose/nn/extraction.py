@@ -22,11 +22,11 @@ class ExtractionLayer(nn.Module):
     """
 
     def __init__(self, n_tasks: int, in_dim: int, hidden: list[int], n_specific: int = 1, n_shared: int = 1,
-                 shared_gate: bool = False, dropout: float = 0.0) -> None:
+                 shared_gate: bool = False, dropout: float = 0.0, norm: str | None = None) -> None:
         super().__init__()
         self.n_tasks, self.n_specific, self.n_shared = n_tasks, n_specific, n_shared
         self.n_experts = n_tasks * n_specific + n_shared
-        self.experts = GroupedMLP(self.n_experts, in_dim, list(hidden), dropout)
+        self.experts = GroupedMLP(self.n_experts, in_dim, list(hidden), dropout, norm=norm)
         self.n_gates = n_tasks + shared_gate
         self.gates = GroupedLinear(self.n_gates, in_dim, self.n_experts)
         owner = torch.arange(self.n_experts) // n_specific  # task of each expert; >= n_tasks: shared

@@ -22,7 +22,7 @@ class FeatureNorm(nn.Module):
     def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
         super().__init__()
         if kind not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS} or null, got {kind!r}")
+            raise ValueError(f"model.norm must be one of {NORMS} or null, got {kind!r}")
         self.kind, self.shape = kind, tuple(shape)
         if kind == "batch":
             self.bn = nn.BatchNorm1d(math.prod(self.shape))

@@ -65,9 +65,10 @@ class PosoGroupedMLP(nn.Module):
     """
 
     def __init__(self, groups: int, in_dim: int, hidden: list[int], pc_dim: int, dropout: float = 0.0,
-                 last_activation: bool = True, gate_hidden: int = 32, scale: float = 2.0) -> None:
+                 last_activation: bool = True, gate_hidden: int = 32, scale: float = 2.0,
+                 norm: str | None = None) -> None:
         super().__init__()
-        self.base = GroupedMLP(groups, in_dim, hidden, dropout, last_activation)
+        self.base = GroupedMLP(groups, in_dim, hidden, dropout, last_activation, norm)
         self.groups = groups
         n_gated = len(hidden) if last_activation else len(hidden) - 1
         self.gates = nn.ModuleList(PersonalizedGate(pc_dim, groups * h, gate_hidden, scale) for h in hidden[:n_gated])
@@ -78,6 +79,7 @@ class PosoGroupedMLP(nn.Module):
         for i, layer in enumerate(base.layers):
             x = layer(x)
             if i < len(self.gates):
+                x = base.norms[i](x) if base.norms else x
                 x = base.dropout(torch.relu(x)) * self.gates[i](pc).unflatten(-1, (self.groups, -1))
         return x
 
