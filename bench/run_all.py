@@ -268,81 +268,75 @@ def findings(prep, train, peer, mem) -> list[str]:
     return lines
 
 
-STATIC = """## What was changed for speed (issue 6)
+STATIC = """## What was changed for speed and quality (issue 6)
 
-Measured during development on this machine while other jobs ran (load average 5-9 on 2 cores),
-so as CPU time or as ratios taken side by side.
+Measured during development on this machine, side by side in one process (variants alternated,
+medians) or as CPU time, mostly with one core busy with other jobs (1 torch thread).
 
-- **Prep sort** (`data_prep/sequences.py: sort_events`): integer user/ts rows are ordered by one
-  stable `np.lexsort` and one gather instead of `DataFrame.sort([user, ts, _row])`: 0.45 s vs
-  1.23 s at 2e6 events, identical order.
-- **Histories** (`history_ends`, `gather_windows`): each event's history is the row range
-  `[ends - n_prior, ends)` of the user-sorted rows, gathered with one `np.take` over a
-  sliding-window view of the column (a contiguous row copy per event); only the first K events of
-  each user are padded. Before: a Polars window `min().over(user)` for the user start, an
-  `(N, K)` int64 position array and validity mask, a fancy-index gather and a full `np.where`
-  copy per array. History building went from 1.2 to 0.5 CPU-seconds per 1e6 events; the
-  in-memory prep of 1e6 events from 5.2 s to 3.1 s (same load). `history_positions` /
-  `gather_history` stay (same results; tests pin both).
+- **Id embedding init** (`mose/nn/embeddings.py: id_embedding`): id tables start at `N(0, 0.05)`
+  instead of torch's `N(0, 1)` (torch-rechub uses `N(0, 1e-4)`). KuaiRand MMoE, 3 epochs, batch
+  512, 3 seeds: test AUC is_click 0.677 -> 0.687, long_view 0.644 -> 0.662, like 0.874 -> 0.904,
+  is_follow 0.645 -> 0.791; std 1e-4 and 0.01 did as well. Synthetic default MMoE (`mose-train`):
+  click 0.717 -> 0.770, like 0.683 -> 0.772. This is what closed the AUC gap to the peer.
+- **Pooled history** (`FeatureEmbedding.pooled_history`): the label projection is applied to the
+  mean labels instead of every token, items gathered by `index_select` (its backward is ~2x faster
+  than the embedding's on CPU): KuaiRand MMoE step 7.38 -> 6.85 ms (batch 512), 27.8 -> 26.0 ms (2048).
+- **Grouped layers** (`GroupedLinear`): the bias is added inside `addmm` / `baddbmm` and a stack
+  of layers keeps the `(G, B, .)` layout (no permute copies): MMoE step 7.03 -> 6.70 ms, PLE
+  10.06 -> 9.72 ms. Rejected after measuring: contiguous outputs (+3%), in-place ReLU (+22%),
+  the expert mix as a sum of broadcast products (2x faster alone, 15-25% slower in the step).
+- **Gate softmax** (`gate_softmax`): `torch.softmax` over 4-7 experts is slow on CPU (292 vs 136 us
+  forward + backward at `(512, 5, 4)`); written out: -1% of an MMoE step.
+- **Loss weighting**: fixed and uncertainty weighting no longer collect the model's parameter
+  lists every step (only GradNorm / PCGrad read them): 0.28 -> 0.11 ms per step (cProfile).
+- **`model.norm`** (`batch` | `layer`, `mose/nn/norm.py`): the peer's BatchNorm, as an option.
+  At batch 2048 (48 steps in 3 epochs) it lifts MMoE's is_click AUC from 0.633 to 0.710 (peer
+  0.701) but costs ~25% of the step (3 seeds, 1 thread): 68k -> 51k events/s. Off by default.
+- **Prep histories** (`gather_windows`): rows of a sliding-window view gathered by fancy indexing;
+  `np.take` first copied the whole `(N + K, K)` view: at 1e7 events 3.3-7.3 s -> 0.4-1.0 s (mostly
+  kernel time). `hist_item` is stored as int32 (80 instead of 160 bytes per event). Derived cohorts
+  (`new_user`, `activity`) are coded from `n_prior` directly, not through strings (4.4 -> 2.1 s at
+  1e7). In-memory prep of 1e7 events: 26-29 s -> 19.8 s in the same session.
+- **Prep sort** (`sort_events`): one stable `np.lexsort` and one gather instead of
+  `DataFrame.sort([user, ts, _row])`: 0.45 s vs 1.23 s at 2e6 events, identical order.
 - **Partitioned prep** (`data_prep/partitioned.py`): user-hash partitions, global time cuts and
-  train-only vocabularies from a first pass (first-seen keys merged across partitions, so the
-  vocabularies are the in-memory ones), then per-partition `build_arrays` work written at each
-  user's global rows into `np.lib.format.open_memmap` arrays (unmapped after each partition, so
-  written pages leave the process), the per-stream arrays in blocks of users, and an atomic
-  rename. `tests/test_partitioned.py` checks array-by-array equality with the in-memory prep
-  (ties, string ids, unseen users/items, min_count, activity cohorts, POSO codes) and that the
-  DataModule loads the result.
-- **Lightning logging** (`mose/module.py: training_step`): the 11 `self.log` / `log_dict` calls
-  of a training step cost ~2 ms each on CPU even when nothing is written; cProfile of a KuaiRand
-  MMoE epoch: 1.7 s of 4.4 s. They now run only on the steps Lightning writes
-  (`log_every_n_steps`; training logs are on_step only, so no logged value changes). mose vs
-  torch-rechub (MMoE, 1 thread, same run): 1.4x -> 2.0x.
-- **Fused AdamW** (`configure_optimizers`, `fused=True`, CPU and GPU): optimizer step
-  4.6 -> 0.6 ms of a ~45 ms KuaiRand MMoE step (batch 512, 1 thread).
-- **Batch gathering** (`mose/data/datasets.py`): arrays are plain `ndarray` views of the memory
-  maps and `EventSplit` gathers with `np.take`: 2.27 -> 1.0 ms per batch of 1024 (11 arrays).
-- **Threads**: every bench fixes `torch.set_num_threads`. With more torch threads than free
-  cores, a step slows 10-30x (MMoE step 1.15 s with 2 threads vs 0.04 s with 1 at load 9): keep
-  `--threads` at the free core count.
-- **torch.compile** of MMoE's experts and towers (the non-LSTM parts) was measured and not
-  adopted: 106 s to compile on this machine and no faster steps afterwards (eager 59 ms vs
-  compiled 114 ms per step of 1024, 1 thread, under load).
-- **No GPU here**: pinned memory / `non_blocking` copies were not measured; the DataModule keeps
-  its `pin_memory` option (Lightning moves batches with `non_blocking` when memory is pinned).
+  train-only vocabularies from a first pass, per-partition `build_arrays` written at each user's
+  global rows into `np.lib.format.open_memmap` arrays, the per-stream arrays in blocks of users,
+  an atomic rename; `tests/test_partitioned.py` checks array-by-array equality with the in-memory
+  prep.
+- **Lightning logging** (`training_step`): the 11 `self.log` calls run only on the steps Lightning
+  writes (`log_every_n_steps`): 1.7 s of a 4.4 s KuaiRand epoch before. **Fused AdamW**: optimizer
+  step 4.6 -> 0.6 ms. **Batch gathering**: plain `ndarray` views of the memory maps and `np.take`:
+  2.27 -> 1.0 ms per batch of 1024.
+- **Threads**: every bench fixes `torch.set_num_threads`; with more threads than free cores a step
+  slows 10-30x. **torch.compile** of the experts and towers was measured and not adopted: 106 s to
+  compile here and no faster steps afterwards. **No GPU here**: pinned memory / `non_blocking`
+  copies were not measured (the DataModule keeps its `pin_memory` option).
 
 ## What holds the rest back (profiler numbers above)
 
-- **Prep at 1e7** (~0.47M events/s, target 1M): the cProfile table of section 1 (1e6 events:
-  `prepare` 0.97 s, of which the Polars passes 0.38 s - window ranks, vocabulary joins, string
-  cohort codes 0.15 s - the sort 0.22 s, the history gathers 0.13 s, writing 0.09 s). At 1e6 the
-  in-process prep alone is ~1M events/s; end to end at 1e7 it is 2.1x slower per event: the
-  process allocates 7.5 GiB (fresh pages are faulted in and zeroed) and writes ~300 bytes per event
-  (`hist_item` alone is 160), and in this run the page cache was full of the 30 GiB 1e8 output, so
-  every allocation and write waited for reclaim (`kswapd0` busy). Two cores leave little room for
-  Polars' parallelism. `_cohort_codes` (string casts per cohort) belongs to the POSO work in
-  `prepare.py` and was left alone.
-- **Training vs torch-rechub** (2.3-2.5x, target 3x): both sides are compute-bound on this CPU.
-  The peer's own data wait (per-row `Dataset` + default collate) is 16-35% of its step; ours is
-  2-3%, so removing all of the peer's data time would still leave it ~1.8x behind, not 3x. Our
-  step (raw loop, MMoE, batch 1024): forward 3.1 ms, backward 4.9 ms, optimizer 0.4 ms; Lightning
-  adds ~11% (Lightning / raw 0.89). torch.profiler over 25 Lightning MMoE steps: `bmm` (experts)
-  28%, Python time of the step (model code, loss, hooks: the `Optimizer.step` row) 16%, and
-  `embedding_dense_backward` 11% (dense gradients of the whole user/item tables every step).
-  The batched expert layer itself is not the problem on an idle machine (`GroupedMLP` 0.90-0.97x
-  the time of a list of `nn.Linear`; under CPU contention during development it was 1.2-1.6x
-  slower, its einsum permutes `(B, G, in)` <-> `(G, B, in)` around the `bmm`). Levers left, all
-  outside this issue's files: sparse (row-wise) embedding gradients and optimizer updates for the
-  id tables (`nn.Embedding(sparse=True)` + a sparse-aware optimizer) for the 11%, and fewer small
-  ops / Python per step in `mose/nn` (towers and gates of 5 tasks are many tiny kernels).
-- **AUC vs the peer**: after the same 3 epochs ours is behind on `is_click` (MMoE -0.009 with seed
-  half-ranges of 0.002; PLE -0.04) and PLE's `long_view`; other tasks are level or ahead. At
-  batch 2048 (4x fewer steps in 3 epochs) ours falls further behind: ours learns less per step.
-  The peer puts BatchNorm after every linear layer of experts and towers; ours has none. A
-  normalisation option in `mose/nn` experts/towers (owners of `mose/nn`, `conf/model`) or more
-  epochs with early stopping (as `mose-train` does, max 10) is the fix to evaluate; this is a
-  model-quality difference, not a throughput one.
-- **Larger batches** do not change the ratio here (2.3-2.4x at 2048 vs 2.4-2.5x at 512): the peer's
-  per-row collate grows to 27-35% of its step, but its compute amortises too.
+- **Prep at 1e7** (target 1M events/s): the phase table of section 1 splits user from kernel CPU
+  time. The prep's own work is ~6.5 user CPU-seconds per 1e7 events (~1.5M events per user
+  CPU-second); the rest is kernel time (~13 s): backing and zeroing the fresh memory the
+  process touches (peak RSS ~7.5 GiB) and copying ~2.2 GiB of output into the page cache, at
+  roughly 1.3 s per GiB on this virtual machine. It is per byte, not per page fault: with Polars'
+  allocator on transparent huge pages (`_RJEM_MALLOC_CONF=thp:always`) the minor faults fell from
+  942k to 107k and the kernel time stayed at 12.5 s; glibc malloc tunables did not help either.
+  Reaching 1M events/s here needs the bytes touched roughly halved: building each array straight
+  into its output memory map, int32 for the other id arrays (user, item, cat, cohorts, pcode),
+  and fewer Polars -> NumPy copies. At 1e6 events (less fresh memory) the in-process prep runs at
+  ~0.8M events/s.
+- **Training vs torch-rechub** (target 3x): both sides are compute-bound on this CPU and the peer's
+  own data wait (per-row `Dataset` + default collate) is 16-35% of its step, ours 2-3%. Our KuaiRand
+  MMoE step (1 thread, batch 512) is ~6.8 ms in a raw loop and ~7.6 ms through `pl.Trainer.fit`
+  (Lightning's hooks and closure: ~11%). In the torch.profiler table the expert and tower matrix
+  products (`bmm`/`addmm`/`baddbmm`) are ~30%, and ReLU forward/backward (`clamp_min`,
+  `threshold_backward`) ~25%: memory-bound passes over `(B, 4, 128)` activations that take
+  0.25-0.55 ms each inside the step against 0.05 ms alone (cache). Fusing them into the matrix
+  products needs a compiler (torch.compile: rejected above) or custom kernels.
+- **AUC vs the peer**: with the init above ours is level or ahead on every task at the config's
+  batch (512). At batch 2048 without normalisation ours is behind on is_click (0.633 vs 0.698):
+  48 steps in 3 epochs are too few without BatchNorm; `model.norm=batch` makes it 0.710 vs 0.701.
 """
 
 
