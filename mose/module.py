@@ -79,7 +79,7 @@ class MultiTaskModule(pl.LightningModule):
         """
         out = self.model(batch)
         logits = torch.stack([out[t] for t in self.tasks], dim=-1).float()
-        rows = {k: batch[k] for k in ("labels", "user_key", "cohorts")}
+        rows = {k: batch[k] for k in ("labels", "user_key", "cohorts") if k in batch}  # train: labels only
         if "mask" in batch:
             logits, rows = logits[batch["mask"]], {k: v[batch["mask"]] for k, v in rows.items()}
         z = (self.transformed(rows["labels"]) - self.mean) / self.std

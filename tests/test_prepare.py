@@ -367,6 +367,8 @@ def test_event_split_dataset(prepared, arrays):
     for name in ("user", "item", "labels", "hist_item", "hist_label", "cohorts", "num"):
         np.testing.assert_array_equal(batch[name].numpy(), arrays[name][want], err_msg=name)
     assert batch["hist_item"].shape == (3, K)
+    train = EventSplit(root, "train").__getitems__([0, 1])
+    assert "labels" in train and not {"user_key", "cohorts"} & set(train)  # eval-only fields stay on disk
 
 
 def _leftovers(parent: Path) -> list[str]:

@@ -14,6 +14,12 @@ FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "c
           "pcode")
 STEP_FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "prev_label", "pcode")
 OPTIONAL = ("pcode",)  # absent from datasets prepared before POSO codes existed
+EVAL_ONLY = ("user_key", "cohorts")  # GAUC grouping and per-cohort metrics: the training loss never reads them
+
+
+def split_fields(fields: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """The fields a split's batches carry: the train split skips ``EVAL_ONLY`` (less to gather per step)."""
+    return tuple(f for f in fields if split != "train" or f not in EVAL_ONLY)
 
 
 def load_arrays(root: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -38,7 +44,7 @@ class EventSplit(Dataset):
 
     def __init__(self, root: str | Path, split: str, fields: tuple[str, ...] = FIELDS) -> None:
         root = Path(root)
-        self.arrays = load_arrays(root, fields)
+        self.arrays = load_arrays(root, split_fields(fields, split))
         self.index = np.flatnonzero(np.load(root / "split.npy") == SPLITS.index(split))
 
     def __len__(self) -> int:
@@ -66,7 +72,7 @@ class StreamSplit(Dataset):
         if windows not in WINDOWS:
             raise ValueError(f"data.windows must be one of {WINDOWS}, got '{windows}'")
         root = Path(root)
-        self.arrays = load_arrays(root, STEP_FIELDS)
+        self.arrays = load_arrays(root, split_fields(STEP_FIELDS, split))
         in_split = np.load(root / "split.npy") == SPLITS.index(split)
         self.windows = windows
         if windows == "chunks":
