@@ -159,7 +159,7 @@ def raw_loop(module, dm, steps: int, warmup: int, bf16: bool, seed: int = 0) -> 
 
 
 def expert_layer(batch: int, in_dim: int, groups: int = 4, hidden: tuple = (128, 64), repeats: int = 30) -> dict:
-    """Forward + backward ms of MMoE's expert layer: ``GroupedMLP`` (einsum over stacked weights) vs a
+    """Forward + backward ms of MMoE's expert layer: ``GroupedMLP`` (addmm / baddbmm over stacked weights) vs a
     Python list of ``nn.Linear`` MLPs (torch-rechub's form), same sizes."""
     from torch import nn
 
@@ -335,7 +335,7 @@ def detail_table(res: dict) -> list[str]:
     if res.get("experts"):
         lines += ["", f"MMoE's expert layer (4 experts, {res['experts_in']} -> 128 -> 64, forward + backward, "
                   "median ms):", "",
-                  "| batch | GroupedMLP (einsum, mose.nn.experts) | list of nn.Linear MLPs | grouped / list time |",
+                  "| batch | GroupedMLP (addmm / baddbmm, mose.nn.experts) | list of nn.Linear MLPs | grouped / list time |",
                   "|---|---|---|---|"]
         for b, e in res["experts"].items():
             lines.append(f"| {b} | {e['grouped']:.2f} | {e['list']:.2f} | {e['grouped'] / e['list']:.2f} |")
