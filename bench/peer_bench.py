@@ -1,6 +1,6 @@
 """mose vs torch-rechub (a public PyTorch multi-task library) on the same prepared KuaiRand sample.
 
-    python bench/peer_bench.py [--models mmoe ple] [--epochs 3] [--seeds 0 1] [--batches 0 2048] [--threads 2]
+    python bench/peer_bench.py [--models mmoe ple] [--epochs 3] [--seeds 0 1 2] [--batches 0 2048] [--threads 2]
 
 1. Creates ``bench/.venv-rechub`` (git-ignored) once with ``python -m venv`` and installs
    ``torch==2.13.0 torch-rechub==0.9.0`` there (torch pinned in the same resolve, so rechub's
@@ -141,7 +141,7 @@ def peer_args(name: str, model: dict, batch: int, epochs: int, seed: int, thread
 def run(models: list[str], epochs: int = 3, seeds: list[int] | None = None, threads: int = 2,
         overrides: list[str] | None = None, batches: list[int] | None = None) -> dict:
     """Both sides per model, batch size and seed; the first batch size with every seed, others with the first."""
-    seeds = seeds or [0, 1]
+    seeds = seeds or [0, 1, 2]
     batches = batches or [0]  # 0: the data config's batch size
     venv = ensure_venv()
     print(f"  peer venv: torch {venv['torch']}, torch-rechub {venv['torch_rechub']} "
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mmoe", "ple"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[0, 2048],
                         help="batch sizes for both sides (0: data.batch_size of conf/data/kuairand.yaml, 512); "

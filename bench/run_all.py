@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=train_bench.DEFAULT_MODELS)
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--big", action="store_true", help="also prepare 1e8 events partitioned (slow)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few steps (script check)")
     parser.add_argument("--out", default=str(ROOT / "docs/performance.md"))
