@@ -316,16 +316,18 @@ medians) or as CPU time, mostly with one core busy with other jobs (1 torch thre
 ## What holds the rest back (profiler numbers above)
 
 - **Prep at 1e7** (target 1M events/s): the phase table of section 1 splits user from kernel CPU
-  time. The prep's own work is ~6.5 user CPU-seconds per 1e7 events (~1.5M events per user
-  CPU-second); the rest is kernel time (~13 s): backing and zeroing the fresh memory the
-  process touches (peak RSS ~7.5 GiB) and copying ~2.2 GiB of output into the page cache, at
-  roughly 1.3 s per GiB on this virtual machine. It is per byte, not per page fault: with Polars'
-  allocator on transparent huge pages (`_RJEM_MALLOC_CONF=thp:always`) the minor faults fell from
-  942k to 107k and the kernel time stayed at 12.5 s; glibc malloc tunables did not help either.
+  time. The prep's own work is 6.5-7.7 user CPU-seconds per 1e7 events (1.3-1.5M events per user
+  CPU-second, above the target); the rest is kernel time, 13-17 s: backing and zeroing the fresh
+  memory the process touches (peak RSS 5.6 GiB) and copying 2.3 GiB of output into the page
+  cache, at 1.5-2 s per GiB on this virtual machine. It is per byte, not per page fault: with
+  Polars' allocator on transparent huge pages (`_RJEM_MALLOC_CONF=thp:always`) the minor faults
+  fell from 942k to 107k and the kernel time stayed at 12.5 s, and `gather_windows` spends 3 s in
+  the kernel for 4.7k (huge-page) faults; glibc malloc tunables did not help either.
   Reaching 1M events/s here needs the bytes touched roughly halved: building each array straight
   into its output memory map, int32 for the other id arrays (user, item, cat, cohorts, pcode),
   and fewer Polars -> NumPy copies. At 1e6 events (less fresh memory) the in-process prep runs at
-  ~0.8M events/s.
+  ~0.8M events/s; at 1e7 the partitioned path (2 GiB peak, so less fresh memory) is about as
+  fast as the in-memory one.
 - **Training vs torch-rechub** (target 3x): both sides are compute-bound on this CPU and the peer's
   own data wait (per-row `Dataset` + default collate) is 16-35% of its step, ours 2-3%. Our KuaiRand
   MMoE step (1 thread, batch 512) is ~6.8 ms in a raw loop and ~7.6 ms through `pl.Trainer.fit`
