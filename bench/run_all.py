@@ -261,7 +261,7 @@ def findings(prep, train, peer, mem) -> list[str]:
             if statistics.mean(a) < statistics.mean(b) - noise:
                 worse.append(f"{task} {statistics.mean(a):.4f} vs {statistics.mean(b):.4f}")
         lines.append(f"- **{key}: >= 3x torch-rechub's events/s**: {'holds' if ratio >= 3 else 'not met'} "
-                     f"({ratio:.1f}x); test AUC " + ("no worse beyond seed noise" if not worse else
+                     f"({ratio:.2f}x); test AUC " + ("no worse beyond seed noise" if not worse else
                                                      "worse beyond seed noise on " + ", ".join(worse)
                                                      + f" ({len(rows)} seed(s))"))
     lines += ["", STATIC]
