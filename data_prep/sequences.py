@@ -30,21 +30,6 @@ def prior_bucket_expr() -> pl.Expr:
     )
 
 
-def history_positions(df: pl.DataFrame, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row positions of each event's last ``length`` earlier events.
-
-    ``df`` is sorted by ``(user, ts)`` and has ``n_prior``. Returns ``(pos, valid)``, both
-    ``(N, length)``: ``pos`` indexes rows of ``df`` (oldest first, most recent last) and ``valid``
-    marks real history; invalid slots hold position 0 and are left-padding.
-    """
-    starts = user_run_starts(df[USER])  # rows are sorted by user: each user's first row, per row
-    ends = starts + df["n_prior"].to_numpy()
-    pos = (ends - length)[:, None] + np.arange(length)[None, :]  # in place below: no (N, K) temporaries
-    valid = pos >= starts[:, None]
-    pos[~valid] = 0
-    return pos, valid
-
-
 def user_run_starts(users: pl.Series) -> np.ndarray:
     """For a column sorted so that equal values are adjacent: the first row of each row's run ``(N,)``."""
     run = users.rle_id().to_numpy()
@@ -77,9 +62,8 @@ def history_ends(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, length: int, pad=PAD) -> np.ndarray:
     """The last ``length`` rows of ``values`` before each ``ends``, oldest first: ``(N, ...) -> (N, length, ...)``.
 
-    Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. Equal to
-    ``gather_history(values, *history_positions(df, length))``, but one gather of rows of a
-    sliding-window view (each row a contiguous copy) instead of an ``(N, length)`` index array.
+    Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. One gather of rows
+    of a sliding-window view (each row a contiguous copy), not an ``(N, length)`` index array.
     """
     values = np.ascontiguousarray(values)
     n, rest = len(values), values.shape[1:]
