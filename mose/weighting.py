@@ -184,7 +184,8 @@ class PCGrad(Weighting):
         if not (torch.is_grad_enabled() and self.training and weighted.requires_grad):
             return weighted.sum(), base
         grads = task_gradients(weighted, params, grad_scale)
-        gram = grads.double() @ grads.double().T
+        grads = grads.double()
+        gram = grads @ grads.T
         if not torch.isfinite(gram).all():
             return weighted.sum(), base
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))

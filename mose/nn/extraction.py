@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mose.nn.experts import GroupedLinear, GroupedMLP
-from mose.nn.gates import gate_softmax
+from mose.nn.gates import gate_softmax, mix
 
 
 class ExtractionLayer(nn.Module):
@@ -47,6 +47,6 @@ class ExtractionLayer(nn.Module):
             gate_in = task_x if self.n_gates == self.n_tasks else torch.cat([task_x, shared_x.unsqueeze(1)], 1)
         logits = self.gates(gate_in).float().masked_fill(~self.allowed, float("-inf"))
         gates = gate_softmax(logits)  # (B, gates, E), exactly 0 off the task's own + shared experts
-        out = torch.einsum("beh,bge->bgh", experts, gates.to(experts.dtype))
+        out = mix(experts, gates.to(experts.dtype))
         shared_out = out[:, self.n_tasks] if self.n_gates > self.n_tasks else None
         return out[:, :self.n_tasks], shared_out, gates
