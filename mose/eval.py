@@ -9,19 +9,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mose.callbacks import cli_errors, load_checkpoint
-from mose.module import MultiTaskModule
+from mose.callbacks import cli_errors
 from mose.paths import CONF_DIR
+from mose.predict import load_module
 from mose.results import summary, write_metrics
 from mose.train import build_datamodule
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise SystemExit(f"error: ckpt_path={cfg.ckpt_path} is not a file")
-    load_checkpoint(ckpt)  # weights_only: refuses a checkpoint carrying pickled code, with a clear error
-    module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = load_module(ckpt)
     data = dict(module.hparams.data)
     if cfg.data_dir:
         data["dir"] = cfg.data_dir

@@ -33,6 +33,7 @@ from data_prep.schema import ITEM, TS, USER, SchemaError
 from data_prep.sequences import HIST_ITEM_DTYPE, gather_history, prior_bucket_expr, prior_count_expr
 from data_prep.split import SPLITS, TRAIN, split_expr
 from data_prep.vocab import encode, fit_vocab
+from mose.callbacks import load_checkpoint
 from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit
 from mose.module import MultiTaskModule
 from mose.paths import CONF_DIR
@@ -46,6 +47,7 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise SystemExit(f"error: ckpt_path={ckpt_path} is not a file")
+    load_checkpoint(ckpt)  # weights_only: refuses a checkpoint carrying pickled code, with a clear error
     module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     return module.eval()
 
