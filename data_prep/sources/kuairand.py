@@ -96,7 +96,7 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
     new_user = (pl.when(pl.col("register_days") <= new_user_max_register_days)
                 .then(pl.lit("new")).otherwise(pl.lit("regular")).alias("new_user"))
     return (
-        events.join(features, on="user_id", how="left")
+        events.join(features, on="user_id", how="left", maintain_order="left")  # deterministic tie order
         .with_columns(pl.col("user_active_degree").fill_null("UNKNOWN"), new_user)
         .sort("ts", "user_id", maintain_order=True)
         .collect()
