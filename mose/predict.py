@@ -27,14 +27,20 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.build import ensure_prepared, event_spec
+from data_prep.build import ensure_prepared, event_spec, load_events
 from data_prep.prepare import NEW_USER, read_manifest
-from data_prep.schema import ITEM, TS, USER, SchemaError
-from data_prep.sequences import HIST_ITEM_DTYPE, gather_history, prior_bucket_expr, prior_count_expr
+from data_prep.schema import ITEM, TS, USER, SchemaError, drop_duplicates
+from data_prep.sequences import (
+    HIST_ITEM_DTYPE,
+    gather_history,
+    prior_bucket_expr,
+    prior_count_expr,
+    sort_events,
+)
 from data_prep.split import SPLITS, TRAIN, split_expr
 from data_prep.vocab import encode, fit_vocab
 from mose.callbacks import load_checkpoint
-from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit
+from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit, load_arrays
 from mose.module import MultiTaskModule
 from mose.paths import CONF_DIR
 
@@ -105,8 +111,9 @@ class CandidateEncoder:
     """Encodes raw candidate events exactly like the training preparation of a prepared dataset.
 
     ``data`` is the checkpoint's data config, ``root`` its prepared dataset (built if missing).
-    The log is reloaded from ``data["source"]``, sorted as in ``data_prep.prepare.build_arrays``
-    (user, ts, input row), so its row ``i`` is row ``i`` of the prepared arrays; vocabularies are
+    The log is reloaded from ``data["source"]`` (exact duplicates dropped, as ``mose-prep`` does) and
+    sorted as in ``data_prep.prepare.build_arrays`` (user, ts, input row), so its row ``i`` is row
+    ``i`` of the prepared arrays; vocabularies are
     refitted on its train split (``fit_vocab``, same cuts and ``min_count``) and checked against
     the prepared ``user``/``item`` arrays.
     """
@@ -117,8 +124,8 @@ class CandidateEncoder:
         self.manifest = m = read_manifest(self.root)
         self.spec = event_spec({**data, "tasks": m["spec"]["tasks"]})
         start = time.perf_counter()
-        events = hydra.utils.instantiate(data["source"])
-        logged = events.with_row_index("_row").sort([USER, TS, "_row"])
+        events, _ = drop_duplicates(load_events(data["source"]))  # as ensure_prepared read it
+        logged = sort_events(events)
         logged = logged.with_columns(split_expr(m["cuts"]["val_start"], m["cuts"]["test_start"]), prior_count_expr())
         train = logged.filter(pl.col("split") == TRAIN)
         self.vocabs = {col: fit_vocab(train, col, m["min_count"] if col in (USER, ITEM) else 1)
@@ -128,8 +135,7 @@ class CandidateEncoder:
                 raise SchemaError(f"the event log of {data['source'].get('_target_')} changed since {self.root} "
                                   f"was prepared: vocabulary '{col}' has {vocab.height + 2} entries, not "
                                   f"{m['vocab_sizes'][col]}")
-        self.arrays = {f: np.load(self.root / f"{f}.npy", mmap_mode="r") for f in STEP_FIELDS + ("item",)
-                       if (self.root / f"{f}.npy").exists()}
+        self.arrays = load_arrays(self.root, STEP_FIELDS + ("item",))
         for col, name in ((USER, "user"), (ITEM, "item")):
             if not np.array_equal(encode(logged, self.vocabs[col], col).to_numpy(), self.arrays[name]):
                 raise SchemaError(f"the event log changed since {self.root} was prepared ('{col}' indices differ)")
@@ -176,8 +182,6 @@ class CandidateEncoder:
         pos = last[:, None] - k + 1 + np.arange(k)[None, :]
         valid = np.arange(k)[None, :] >= k - np.minimum(n_prior, k)[:, None]
         pos = np.where(valid, pos, 0)
-        item_log = np.asarray(self.arrays["item"])
-        labels_log = np.asarray(self.arrays["labels"])[:, self.binary_idx].astype(np.int8)
         n = df.height
         out = {
             "user": cat[0].astype(np.int64), "item": cat[1].astype(np.int64),
@@ -187,9 +191,11 @@ class CandidateEncoder:
             "labels": np.zeros((n, len(spec.task_names)), np.float32),
             "n_prior": n_prior, "prior_bucket": df["prior_bucket"].to_numpy().astype(np.int64),
             "cohorts": self._cohorts(df),
-            "hist_item": gather_history(item_log.astype(HIST_ITEM_DTYPE), pos, valid),
-            "hist_label": gather_history(labels_log, pos, valid),
-            "prev_label": gather_history(labels_log, np.maximum(last, 0), last >= 0),
+            # gathered from the memory-mapped log: only the rows the candidates' histories need
+            "hist_item": gather_history(self.arrays["item"], pos, valid).astype(HIST_ITEM_DTYPE),
+            "hist_label": gather_history(self.arrays["labels"], pos, valid)[..., self.binary_idx].astype(np.int8),
+            "prev_label": gather_history(self.arrays["labels"], np.maximum(last, 0), last >= 0)[
+                ..., self.binary_idx].astype(np.int8),
             "last": last,
         }
         if "pcode" in m:
