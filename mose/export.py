@@ -21,7 +21,7 @@ from torch import nn
 
 from data_prep.build import ensure_prepared
 from mose.data.datasets import EventSplit, StreamSplit
-from mose.module import MultiTaskModule
+from mose.module import MultiTaskModule, stacked_logits, to_predictions
 from mose.predict import load_module
 
 FORMATS = ("torchscript", "onnx")
@@ -39,9 +39,8 @@ class ScoringModel(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         batch = dict(zip(self.fields, tensors))
-        out = self.model(batch)
-        logits = torch.stack([out[t] for t in self.tasks], dim=-1).float()  # (B, [S,] T)
-        return torch.where(self.binary, torch.sigmoid(logits), logits * self.std + self.mean)
+        logits = stacked_logits(self.model(batch), self.tasks, self.binary).float()  # (B, [S,] T)
+        return to_predictions(logits, self.binary, self.mean, self.std)
 
 
 def example_batch(module: MultiTaskModule, size: int = 64, split: str = "test") -> dict[str, torch.Tensor]:

@@ -6,15 +6,27 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from pytorch_lightning.loggers import TensorBoardLogger
-
 from mose.metrics import GateUsage, MultiTaskMetrics
-from mose.plots import gate_heatmap
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
+from mose.plots import gate_heatmap
 from mose.weighting import Fixed, shared_parameters
+
+
+def stacked_logits(out: dict, tasks: list[str], binary: torch.Tensor) -> torch.Tensor:
+    """A model output's task logits ``(..., T)``; a competitive mixture's are its mixture prediction."""
+    aux = out.get("aux", {})
+    if "expert_logits" in aux:
+        return mixture_logits(aux["expert_logits"], aux["gates"], binary)
+    return torch.stack([out[t] for t in tasks], dim=-1)
+
+
+def to_predictions(logits: torch.Tensor, binary: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Logits ``(..., T)`` -> probabilities (binary) or target-scale predictions (regression)."""
+    return torch.where(binary, torch.sigmoid(logits), logits * std + mean)
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -58,9 +70,8 @@ class MultiTaskModule(pl.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """The model's outputs; a competitive mixture's task logits are its mixture prediction."""
         out = self.model(batch)
-        aux = out.get("aux", {})
-        if "expert_logits" in aux:
-            mixed = mixture_logits(aux["expert_logits"], aux["gates"], self.binary)  # (..., T)
+        if "expert_logits" in out.get("aux", {}):
+            mixed = stacked_logits(out, self.tasks, self.binary)  # (..., T)
             out = {**out, **{t: mixed[..., i] for i, t in enumerate(self.tasks)}}
         return out
 
@@ -70,7 +81,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
-        return torch.where(self.binary, torch.sigmoid(logits), logits * self.std + self.mean)
+        return to_predictions(logits, self.binary, self.mean, self.std)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         """Per-task losses ``(T,)``, logits ``(M, T)`` of the M scored events, their batch rows, aux.

@@ -305,3 +305,12 @@ def test_module_trains_competitive_mixture_with_its_likelihood():
     losses, logits, _, _ = module._step(batch)
     nll = competitive_nll(raw["aux"]["expert_logits"], raw["aux"]["gates"], batch["labels"], binary).mean(0)
     assert torch.allclose(losses, nll, atol=1e-6) and torch.allclose(logits, mixed, atol=1e-6)
+    # the exported scorer serves the same mixture prediction (it wraps module.model, not the module)
+    from mose.export import ScoringModel
+
+    fields = [f for f in batch if f not in ("labels", "user_key", "cohorts")]
+    module.eval()
+    with torch.no_grad():
+        served = ScoringModel(module, fields)(*[batch[f] for f in fields])
+        expected = module.predictions(torch.stack([module(batch)[t] for t in tasks], -1))
+    assert torch.allclose(served, expected, atol=1e-6)
