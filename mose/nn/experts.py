@@ -57,11 +57,14 @@ class GroupedMLP(nn.Module):
         self.last_activation = last_activation
         self.out_dim = in_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scales: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``scales[i]`` ``(B, G, hidden[i])``, if given, multiplies activated layer ``i`` (POSO's gates)."""
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1 or self.last_activation:
                 if self.norms:
                     x = self.norms[i](x)
                 x = self.dropout(torch.relu(x))
+                if scales is not None:
+                    x = x * scales[i]
         return x

@@ -75,13 +75,7 @@ class PosoGroupedMLP(nn.Module):
         self.out_dim = self.base.out_dim
 
     def forward(self, x: torch.Tensor, pc: torch.Tensor) -> torch.Tensor:
-        base = self.base
-        for i, layer in enumerate(base.layers):
-            x = layer(x)
-            if i < len(self.gates):
-                x = base.norms[i](x) if base.norms else x
-                x = base.dropout(torch.relu(x)) * self.gates[i](pc).unflatten(-1, (self.groups, -1))
-        return x
+        return self.base(x, [gate(pc).unflatten(-1, (self.groups, -1)) for gate in self.gates])
 
 
 class PosoAttention(nn.Module):
