@@ -95,12 +95,13 @@ class Fixed(Weighting):
     def __init__(self, tasks: list[str], binary: list[bool], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks, binary)
         self.override = dict(weights or {})
+        # the overrides as a mask and values: one torch.where per step instead of a Python loop
+        self.register_buffer("overridden", torch.tensor([t in self.override for t in self.tasks]), persistent=False)
+        self.register_buffer("override_values", torch.tensor([float(self.override.get(t, 0.0)) for t in self.tasks]),
+                             persistent=False)
 
     def combine(self, losses, base, params, shared, grad_scale):
-        w = base.clone()
-        for i, t in enumerate(self.tasks):
-            if t in self.override:
-                w[i] = float(self.override[t])
+        w = torch.where(self.overridden, self.override_values, base)
         return (w * losses).sum(), w
 
 
