@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -52,8 +51,20 @@ def environment(threads: int) -> str:
             f"{platform.python_version()}; load average at start {os.getloadavg()[0]:.1f}")
 
 
-def median(xs) -> float:
-    return statistics.median(list(xs))
+class Timed:
+    """Wraps a dataset's ``__getitems__`` and accumulates the seconds spent in it."""
+
+    def __init__(self, ds) -> None:
+        self.seconds = 0.0
+        self._orig = ds.__getitems__
+
+        def timed(positions):
+            start = time.perf_counter()
+            out = self._orig(positions)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        ds.__getitems__ = timed
 
 
 def run_child(args: list[str], timeout: float | None = None, env: dict | None = None) -> dict:

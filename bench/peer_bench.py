@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, run_child
+from common import ROOT, Timed, run_child
 
 VENV = ROOT / "bench/.venv-rechub"
 PEER_PY = VENV / "bin/python"
@@ -101,8 +101,6 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
 
     clock = EpochClock()
     dm.setup("fit")
-    from train_bench import Timed
-
     timer = Timed(dm.splits["train"])
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,

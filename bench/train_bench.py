@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, native_bf16
+from common import ROOT, Timed, native_bf16
 
 DEFAULT_MODELS = ["shared_bottom", "mmoe", "ple", "mose", "poso"]
 
@@ -70,23 +70,6 @@ def build(name: str, data_dir: str, n_events: int):
     dm = build_datamodule(data)
     dm.setup()
     return module, dm, data, model
-
-
-class Timed:
-    """Wraps a dataset's ``__getitems__`` and accumulates the seconds spent in it."""
-
-    def __init__(self, ds) -> None:
-        self.ds, self.seconds, self.calls = ds, 0.0, 0
-        self._orig = ds.__getitems__
-
-        def timed(positions):
-            start = time.perf_counter()
-            out = self._orig(positions)
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-            return out
-
-        ds.__getitems__ = timed
 
 
 def scored(batch: dict) -> int:
