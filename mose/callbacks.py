@@ -88,7 +88,7 @@ class ResumeCheckpoint(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt, NonFiniteLossError)):
             return
-        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+        if not self._fitting(trainer):
             return
         path = self.save(trainer)
         what = {SIGTERMException: "SIGTERM", KeyboardInterrupt: "interrupt"}.get(type(exception), "non-finite loss")
