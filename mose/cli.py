@@ -18,6 +18,7 @@ dataset (linked, not set by hand).
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -71,7 +72,9 @@ class ParquetPredictionWriter(BasePredictionWriter):
         print(f"predictions: {out} ({frame.height:,} events)")
 
 
+@functools.cache
 def _prepared(dm: EventDataModule) -> dict:
+    """The data module's manifest, its dataset prepared first: once per module for the three links below."""
     dm.prepare_data()
     return dm.manifest
 
