@@ -112,7 +112,7 @@ def _merge_moments(parts: list[tuple[int, float, float]]) -> tuple[float | None,
     return mean, (math.sqrt(m2 / (n - 1)) if n > 1 else None)
 
 
-def _split_pass(files: list[Path], spec: EventSpec, parts_dir: Path, n_partitions: int, slice_rows: int
+def _split_pass(files: list[Path], parts_dir: Path, n_partitions: int, slice_rows: int
                 ) -> tuple[int, np.ndarray, str]:
     """Stream the raw rows into ``parts_dir/<p>/<slice>.parquet``; return N, all timestamps, checksum."""
     lf = pl.scan_parquet(files)
@@ -138,8 +138,8 @@ def _with_split(df: pl.DataFrame, val_start: int, test_start: int) -> pl.DataFra
     return df.with_columns(split_expr(val_start, test_start), prior_count_expr()).with_columns(prior_bucket_expr())
 
 
-def _stats_pass(part_files: list[list[Path]], spec: EventSpec, cuts: tuple[int, int], new_user_max_prior: int,
-                activity_buckets, personalization: list[str]) -> dict:
+def _stats_pass(part_files: list[list[Path]], spec: EventSpec, cuts: tuple[int, int],
+                personalization: list[str]) -> dict:
     """Per-partition train statistics, merged (see the module docstring, step 2)."""
     vocab_cols = [USER, ITEM, *spec.categorical]
     firsts = {c: [] for c in vocab_cols}
@@ -215,15 +215,14 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
     try:
         n_rows = pl.scan_parquet(files).select(pl.len()).collect().item()
         n_part = n_partitions or max(1, math.ceil(n_rows / rows_per_partition))
-        n, ts, source_checksum = _split_pass(files, spec, parts_dir, n_part, slice_rows)
+        n, ts, source_checksum = _split_pass(files, parts_dir, n_part, slice_rows)
         val_start, test_start = time_cuts(pl.Series(TS, ts), val_frac, test_frac)
         del ts
         part_files = [sorted(d.glob("*.parquet")) for d in sorted(parts_dir.iterdir(), key=lambda d: int(d.name))]
         timings["split_pass"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        stats = _stats_pass(part_files, spec, (val_start, test_start), new_user_max_prior, activity_buckets,
-                            personalization)
+        stats = _stats_pass(part_files, spec, (val_start, test_start), personalization)
         vocabs = {c: _vocab(f, c, min_count if c in (USER, ITEM) else 1) for c, f in stats["firsts"].items()}
         check_item_vocab(vocabs[ITEM].height + 2)
         num_stats = {c: (float(m or 0.0), float(s) if s and s > 0 else 1.0) for c, (m, s) in stats["num"].items()}
@@ -251,8 +250,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             "prev_label": ((n, n_bin), np.int8),
         }
         for name, (shape, dtype) in shapes.items():
-            del_ = _open(tmp, name, shape, dtype)  # preallocated (sparse) file with its .npy header
-            del del_
+            _open(tmp, name, shape, dtype)  # preallocated (sparse) file with its .npy header
         split_counts = np.zeros(3, dtype=np.int64)
         pcode_info = None
         for files in part_files:
