@@ -25,7 +25,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -59,13 +58,8 @@ class ParquetPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         from mose.predict import output_frame
 
-        preds = []
-        for batch_out in predictions:
-            logits = torch.stack([batch_out[t] for t in pl_module.tasks], dim=-1).float()
-            if "mask" in batch_out:
-                logits = logits[batch_out["mask"]]
-            preds.append(pl_module.predictions(logits).cpu().numpy())
-        frame = output_frame(pl_module, np.concatenate(preds), None)
+        preds = np.concatenate([p.cpu().numpy() for p in predictions])  # MultiTaskModule.predict_step's
+        frame = output_frame(pl_module, preds, None)
         out = Path(trainer.log_dir or trainer.default_root_dir) / f"predictions-rank{trainer.global_rank}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(out)

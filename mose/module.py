@@ -83,6 +83,13 @@ class MultiTaskModule(pl.LightningModule):
         """Logits ``(B, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
         return to_predictions(logits, self.binary, self.mean, self.std)
 
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> torch.Tensor:
+        """Predictions ``(M, T)`` of the batch's M scored events (per-stream: the ``mask``-ed steps)."""
+        logits = stacked_logits(self.model(batch), self.tasks, self.binary).float()  # (B, [S,] T)
+        if "mask" in batch:
+            logits = logits[batch["mask"]]
+        return self.predictions(logits)
+
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         """Per-task losses ``(T,)``, logits ``(M, T)`` of the M scored events, their batch rows, aux.
 

@@ -76,13 +76,7 @@ def score_arrays(module: MultiTaskModule, batches) -> np.ndarray:
 
     Per-stream batches ``(B, S, ...)`` are reduced to their scored steps (``mask``).
     """
-    out = []
-    for batch in batches:
-        out_ = module(batch)
-        logits = torch.stack([out_[t] for t in module.tasks], dim=-1).float()  # (B, T) or (B, S, T)
-        if "mask" in batch:
-            logits = logits[batch["mask"]]
-        out.append(module.predictions(logits).numpy())
+    out = [module.predict_step(batch).numpy() for batch in batches]
     return np.concatenate(out) if out else np.zeros((0, len(module.tasks)), np.float32)
 
 

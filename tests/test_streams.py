@@ -292,3 +292,27 @@ def test_mose_learns_the_sequential_benchmark(tmp_path):
     test = train(cfg)
     assert test["click/auc"] > 0.6, test
     assert np.isfinite(test["dwell/mse"])
+
+
+def test_stream_predictions_are_the_scored_steps(prepared):
+    """``predict_step`` (mose-predict, mose-cli predict) keeps only the ``mask``-ed steps: ``(M, T)``."""
+    from dataclasses import asdict
+
+    from mose.module import MultiTaskModule
+
+    _, root, _ = prepared
+    manifest = read_manifest(root)
+    torch.manual_seed(0)
+    module = MultiTaskModule(model={"_target_": "mose.models.mose.MoSE", "embed_dim": 4, "bottom_hidden": 8,
+                                    "n_experts": 2, "expert_hidden": 4, "tower_hidden": 4},
+                             input_spec=asdict(InputSpec.from_manifest(manifest)), tasks=manifest["spec"]["tasks"],
+                             task_stats=manifest["task_stats"]).eval()
+    batch = StreamSplit(root, "test").__getitems__([0, 1, 2])
+    with torch.no_grad():
+        preds = module.predict_step(batch)
+        out = module(batch)
+    mask = batch["mask"]
+    assert preds.shape == (int(mask.sum()), len(module.tasks))
+    per_step = torch.stack([out[t] for t in module.tasks], -1)  # (B, S, T): the raw output is per step
+    assert per_step.shape[:2] == mask.shape
+    assert torch.allclose(preds, module.predictions(per_step[mask]))
