@@ -15,12 +15,13 @@ Which optional columns exist is described by an :class:`EventSpec`, built from t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import polars as pl
 
 USER, ITEM, TS = "user_id", "item_id", "ts"
 TaskKind = Literal["binary", "regression"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 TRANSFORMS = ("none", "log1p")
 
 
@@ -38,8 +39,8 @@ class TaskSpec:
     transform: str = "none"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("binary", "regression"):
-            raise SchemaError(f"task '{self.name}': kind must be 'binary' or 'regression', got '{self.kind}'")
+        if self.kind not in TASK_KINDS:
+            raise SchemaError(f"task '{self.name}': kind must be one of {TASK_KINDS}, got '{self.kind}'")
         if self.transform not in TRANSFORMS:
             raise SchemaError(f"task '{self.name}': transform must be one of {TRANSFORMS}, got '{self.transform}'")
 

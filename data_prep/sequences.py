@@ -17,6 +17,9 @@ HIST_ITEM_DTYPE = np.int32  # item codes in histories: 80 instead of 160 bytes p
 
 N_PRIOR_BUCKETS = 16
 
+LAYOUTS = ("per_event", "per_stream")  # how a model reads a prepared dataset; the first is the default
+WINDOWS = ("chunks", "next_step")  # per-stream windows: prepared chunks, or one per scored event; default first
+
 
 def prior_count_expr() -> pl.Expr:
     """Number of the user's events strictly before this one (past only): ``rank("min") - 1``."""

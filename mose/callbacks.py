@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+NONFINITE_MODES = ("stop", "skip")  # callbacks.nonfinite.mode; the first is the default
 
 
 class CheckpointError(RuntimeError):
@@ -104,10 +105,10 @@ class NonFiniteLoss(pl.Callback):
     The check runs in ``MultiTaskModule.training_step`` through :func:`nonfinite_batch`.
     """
 
-    def __init__(self, mode: str = "stop") -> None:
+    def __init__(self, mode: str = NONFINITE_MODES[0]) -> None:
         super().__init__()
-        if mode not in ("stop", "skip"):
-            raise ValueError(f"callbacks.nonfinite.mode must be 'stop' or 'skip', got '{mode}'")
+        if mode not in NONFINITE_MODES:
+            raise ValueError(f"callbacks.nonfinite.mode must be one of {NONFINITE_MODES}, got '{mode}'")
         self.mode = mode
         self.skipped = 0
 

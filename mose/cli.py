@@ -30,23 +30,10 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data_prep.build import event_spec
-from mose.data.datamodule import EventDataModule
+from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 from mose.paths import CONF_DIR
-
-
-class CLIDataModule(EventDataModule):
-    """:class:`EventDataModule` plus a predict loader over ``predict_split`` (for ``mose-cli predict``)."""
-
-    def __init__(self, data: dict, batch_size: int = 1024, eval_batch_size: int = 8192, num_workers: int = 0,
-                 pin_memory: bool = False, layout: str = "per_event", windows: str = "chunks",
-                 predict_split: str = "test") -> None:
-        super().__init__(data, batch_size, eval_batch_size, num_workers, pin_memory, layout, windows)
-        self.predict_split = predict_split
-
-    def predict_dataloader(self):
-        return self._loader(self.predict_split, shuffle=False)
 
 
 class ParquetPredictionWriter(BasePredictionWriter):
@@ -155,9 +142,7 @@ def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
         "trainer": trainer,
         "model": {"model": c["model"], "lr": c["optim"]["lr"], "weight_decay": c["optim"]["weight_decay"],
                   **({"weighting": c["weighting"]} if c.get("weighting") else {})},
-        "data": {"data": data, "batch_size": data.get("batch_size", 1024), "num_workers": data.get("num_workers", 0),
-                 "layout": data.get("layout", "per_event"), "windows": data.get("windows", "chunks"),
-                 "eval_batch_size": data.get("eval_batch_size", 8192)},
+        "data": {"data": data, **loader_settings(data)},
     }
 
 
@@ -188,7 +173,7 @@ def cli(args: list[str] | dict | None = None, run: bool = True, defaults: dict |
             parser.set_defaults({f"model.{k}": v for k, v in model.items()})
             parser.set_defaults({f"data.{k}": v for k, v in data.items()})
 
-    return DefaultsCLI(MultiTaskModule, CLIDataModule, args=args, run=run,
+    return DefaultsCLI(MultiTaskModule, EventDataModule, args=args, run=run,
                        seed_everything_default=defaults["seed_everything"],
                        trainer_defaults={"callbacks": [ParquetPredictionWriter()]},
                        save_config_kwargs={"overwrite": True})

@@ -20,11 +20,13 @@ from torch import nn
 
 from data_prep.build import event_spec
 from data_prep.schema import SchemaError
+from data_prep.sequences import LAYOUTS, WINDOWS
+from mose.callbacks import NONFINITE_MODES
 from mose.nn.norm import NORMS
+from mose.nn.sequence import CELLS
 
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
-LAYOUTS = ("per_event", "per_stream")
-WINDOWS = ("chunks", "next_step")
+MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS}  # model keys with the same allowed values in every model
 
 
 class ConfigError(ValueError):
@@ -74,10 +76,16 @@ def check_model(model: Mapping) -> None:
         raise ConfigError(f"model.top_k={top_k}: more than model.n_experts={n_experts}")
 
 
+def _one_of(path: str, value: Any, allowed: tuple) -> None:
+    """``value`` must be one of ``allowed`` (``None`` in it: null is allowed too)."""
+    if value not in allowed:
+        names = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"{path}={value}: must be one of {names}")
+
+
 def _check_value(path: str, key: str, value: Any) -> None:
-    if key == "norm":
-        if value is not None and value not in NORMS:
-            raise ConfigError(f"{path}={value}: must be one of {', '.join(NORMS)} or null")
+    if key in MODEL_CHOICES:
+        _one_of(path, value, MODEL_CHOICES[key])
         return
     if key == "dropout" or key.endswith("_dropout"):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
@@ -106,10 +114,9 @@ def check_data(data: Mapping) -> None:
         event_spec(dict(data))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
-    if data.get("layout", "per_event") not in LAYOUTS:
-        raise ConfigError(f"data.layout={data.get('layout')}: must be one of {LAYOUTS}")
-    if data.get("windows", "chunks") not in WINDOWS:
-        raise ConfigError(f"data.windows={data.get('windows')}: must be one of {WINDOWS}")
+    for key, allowed in (("layout", LAYOUTS), ("windows", WINDOWS)):
+        if data.get(key) is not None:
+            _one_of(f"data.{key}", data[key], allowed)
     for key in ("batch_size", "eval_batch_size"):
         if data.get(key) is not None:
             _positive(f"data.{key}", data[key])
@@ -146,6 +153,5 @@ def check_config(cfg: DictConfig | Mapping) -> None:
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be a positive integer (or -1 for no limit)")
     nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}
-    mode = nonfinite.get("mode", "stop")
-    if mode not in ("stop", "skip"):
-        raise ConfigError(f"callbacks.nonfinite.mode={mode}: must be 'stop' or 'skip'")
+    if nonfinite.get("mode") is not None:
+        _one_of("callbacks.nonfinite.mode", nonfinite["mode"], NONFINITE_MODES)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from data_prep.build import ensure_prepared
+from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
 from mose.module import MultiTaskModule, stacked_logits, to_predictions
 from mose.predict import load_module
@@ -47,7 +48,7 @@ def example_batch(module: MultiTaskModule, size: int = 64, split: str = "test") 
     """A batch of ``size`` events (per-stream: windows) of the checkpoint's prepared dataset."""
     data = dict(module.hparams.data)
     root = ensure_prepared(data)
-    per_stream = data.get("layout", "per_event") == "per_stream"
+    per_stream = loader_settings(data)["layout"] == "per_stream"
     ds = StreamSplit(root, split, "next_step") if per_stream else EventSplit(root, split)
     return ds.__getitems__(list(range(min(size, len(ds)))))
 
@@ -89,7 +90,7 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
     meta = {
         "format": fmt, "checkpoint": str(ckpt_path), "tasks": module.tasks,
         "kinds": {t: module.hparams.tasks[t].get("kind", "binary") for t in module.tasks},
-        "layout": module.hparams.data.get("layout", "per_event"),
+        "layout": loader_settings(module.hparams.data)["layout"],
         "inputs": [{"name": f, "onnx_name": n, "dtype": str(batch[f].dtype).removeprefix("torch."),
                     "shape": ["B", *batch[f].shape[1:]]}
                    for f, n in zip(fields, onnx_input_names(fields))],

@@ -40,6 +40,7 @@ from data_prep.sequences import (
 from data_prep.split import SPLITS, TRAIN, split_expr
 from data_prep.vocab import encode, fit_vocab
 from mose.callbacks import load_checkpoint
+from mose.data.datamodule import loader_settings
 from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit, load_arrays
 from mose.module import MultiTaskModule
 from mose.paths import CONF_DIR
@@ -270,7 +271,7 @@ def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_si
     ensure_prepared(data)
     encoder = CandidateEncoder(data)
     arrays = encoder.encode(candidates)
-    if data.get("layout", "per_event") == "per_stream":
+    if loader_settings(data)["layout"] == "per_stream":
         batches = encoder.stream_batches(arrays, batch_size, int(encoder.manifest["stream_len"]))
     else:
         batches = encoder.event_batches(arrays, batch_size)
@@ -287,7 +288,7 @@ def score_split(module: MultiTaskModule, split: str, batch_size: int = 8192,
         data["dir"] = data_dir
     root = ensure_prepared(data)
     manifest = read_manifest(root)
-    if data.get("layout", "per_event") == "per_stream":
+    if loader_settings(data)["layout"] == "per_stream":
         ds = StreamSplit(root, split, "next_step")
         rows = ds.ends
     else:

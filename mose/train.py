@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_prep.build import event_spec
 from mose.callbacks import cli_errors, find_resume_checkpoint
 from mose.config_checks import check_config
-from mose.data.datamodule import EventDataModule
+from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 from mose.paths import CONF_DIR
@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def build_datamodule(data: dict, eval_batch_size: int | None = None) -> EventDataModule:
-    return EventDataModule(data, batch_size=data.get("batch_size", 1024), num_workers=data.get("num_workers", 0),
-                           layout=data.get("layout", "per_event"), windows=data.get("windows", "chunks"),
-                           eval_batch_size=eval_batch_size or data.get("eval_batch_size", 8192))
+    """The data module of a data config (:func:`loader_settings`); ``eval_batch_size`` overrides the config's."""
+    return EventDataModule(data, **loader_settings(data, eval_batch_size=eval_batch_size))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from data_prep.build import ensure_prepared
 from data_prep.prepare import read_manifest
+from data_prep.sequences import LAYOUTS, WINDOWS
+from data_prep.split import SPLITS
 from mose.data.datasets import EventSplit, StreamSplit, identity
 
 
 class EventDataModule(pl.LightningDataModule):
-    """Train / val / test loaders over ``data["dir"]``.
+    """Train / val / test loaders over ``data["dir"]``, and one for ``trainer.predict`` over ``predict_split``.
 
     ``data`` is the plain data config (``dir``, ``source``, ``prep``, ``tasks`` ...);
     ``prepare_data`` (rank 0 only) builds the dataset if it is missing or stale.
-    ``layout`` is ``per_event`` (one event and its history per example) or ``per_stream``
-    (windows of a user's stream, ``windows`` = ``chunks`` or ``next_step``).
+    ``layout`` is one of ``LAYOUTS``: ``per_event`` (one event and its history per example) or
+    ``per_stream`` (windows of a user's stream, ``windows`` one of ``WINDOWS``).
+    These defaults are the data config's: :func:`loader_settings` reads them from here.
     """
 
     def __init__(self, data: dict, batch_size: int = 1024, eval_batch_size: int = 8192, num_workers: int = 0,
-                 pin_memory: bool = False, layout: str = "per_event", windows: str = "chunks") -> None:
+                 pin_memory: bool = False, layout: str = LAYOUTS[0], windows: str = WINDOWS[0],
+                 predict_split: str = "test") -> None:
         super().__init__()
-        if layout not in ("per_event", "per_stream"):
-            raise ValueError(f"layout must be 'per_event' or 'per_stream', got '{layout}'")
-        self.layout, self.windows = layout, windows
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout must be one of {LAYOUTS}, got '{layout}'")
+        self.layout, self.windows, self.predict_split = layout, windows, predict_split
         self.data = dict(data)
         self.root = self.data["dir"]
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -39,7 +46,7 @@ class EventDataModule(pl.LightningDataModule):
         return read_manifest(self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = (EventSplit(self.root, split) if self.layout == "per_event"
                                       else StreamSplit(self.root, split, self.windows))
@@ -59,3 +66,14 @@ class EventDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+
+def loader_settings(data: Mapping, **overrides) -> dict:
+    """The :class:`EventDataModule` arguments besides ``data`` (``batch_size``, ``layout`` ...): each
+    from ``overrides`` or else the data config where not None, else the constructor's default."""
+    params = list(inspect.signature(EventDataModule).parameters.values())[1:]
+    return {p.name: next((v for v in (overrides.get(p.name), data.get(p.name)) if v is not None), p.default)
+            for p in params}

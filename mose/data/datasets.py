@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_prep.sequences import WINDOWS
 from data_prep.split import SPLITS
 
 FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "hist_item", "hist_label",
@@ -30,9 +31,6 @@ def load_arrays(root: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
     """
     return {f: np.asarray(np.load(root / f"{f}.npy", mmap_mode="r")) for f in fields
             if f not in OPTIONAL or (root / f"{f}.npy").exists()}
-
-
-WINDOWS = ("chunks", "next_step")
 
 
 class EventSplit(Dataset):
@@ -68,7 +66,7 @@ class StreamSplit(Dataset):
     event) and ``mask (B, T)`` (scored), gathered with one fancy-index per array.
     """
 
-    def __init__(self, root: str | Path, split: str, windows: str = "chunks", length: int | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, windows: str = WINDOWS[0], length: int | None = None) -> None:
         if windows not in WINDOWS:
             raise ValueError(f"data.windows must be one of {WINDOWS}, got '{windows}'")
         root = Path(root)
