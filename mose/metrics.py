@@ -1,12 +1,23 @@
-"""Multi-task evaluation: AUC, GAUC, logloss and MSE per task, overall and per user cohort."""
+"""Multi-task evaluation: AUC, GAUC, logloss and MSE per task, overall and per user cohort.
+
+:data:`METRICS` is the one table of the per-task metrics: a new metric is one row there, and
+``metrics.json``, the logged scalars, the cohort breakdown, the printed summary, TensorBoard's
+hparams tab, the progress bar and ``mose-report`` all read it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from data_prep.schema import TASK_KINDS
+
 EPS = 1e-7
+BINARY, REGRESSION = TASK_KINDS
 
 
 def grouped_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
@@ -53,19 +64,82 @@ def gauc(scores: torch.Tensor, labels: torch.Tensor, users: torch.Tensor) -> flo
 
 
 def logloss(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean binary cross-entropy of probabilities ``(N,)`` (clamped to ``[EPS, 1 - EPS]``)."""
     p = probs.double().clamp(EPS, 1 - EPS)
     y = labels.double()
     return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
 
 
+def mse(preds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean squared error ``(N,), (N,) -> float`` (in float64)."""
+    return float(((preds.double() - targets.double()) ** 2).mean())
+
+
+# Where a metric is shown besides metrics.json and the logged val/test scalars (which hold every
+# metric of the table, per task and per cohort value):
+SUMMARY = "summary"    # the per-task table printed after mose-train / mose-eval (mose.results.summary)
+HPARAMS = "hparams"    # TensorBoard's hparams tab: hp/<task>/<name>, hp/<name>_mean (mose.tb_callbacks)
+REPORT = "report"      # mose-report's default columns and metric_<name>.png (mose.report, mose.report_plots)
+PROGRESS = "progress"  # the progress bar's latest validation value per task (mose.progress)
+COHORTS = "cohorts"    # new vs regular users: summary columns and cohort_new_vs_regular.png
+OUTPUTS = (SUMMARY, HPARAMS, REPORT, PROGRESS, COHORTS)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One per-task metric: ``fn(preds (N,), targets (N,), users (N,)) -> float`` for the tasks of ``kinds``.
+
+    ``preds`` are probabilities (binary) or target-scale predictions (regression). ``mean``: also
+    ``<name>_mean`` over those tasks (NaN ones skipped). ``higher_is_better`` sets the direction of
+    ``mose-report --negative-transfer``; ``chance`` (a random predictor's value, e.g. 0.5 for AUC)
+    sets the bottom of the report plots' axis. ``shown``: the outputs of :data:`OUTPUTS` it appears in.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]
+    kinds: tuple[str, ...]
+    higher_is_better: bool
+    mean: bool = False
+    chance: float | None = None
+    shown: frozenset[str] = frozenset()
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("auc", lambda p, y, users: auc(p, y), (BINARY,), True, mean=True, chance=0.5,
+               shown=frozenset({SUMMARY, HPARAMS, REPORT, PROGRESS, COHORTS})),
+    MetricSpec("gauc", gauc, (BINARY,), True, mean=True, chance=0.5, shown=frozenset({SUMMARY, HPARAMS})),
+    MetricSpec("logloss", lambda p, y, users: logloss(p, y), (BINARY,), False, shown=frozenset({SUMMARY, HPARAMS})),
+    MetricSpec("mse", lambda p, y, users: mse(p, y), (REGRESSION,), False,
+               shown=frozenset({SUMMARY, HPARAMS, REPORT, PROGRESS})),
+)
+
+
+def metric_spec(name: str) -> MetricSpec | None:
+    """The row of :data:`METRICS` called ``name``, if any."""
+    return next((m for m in METRICS if m.name == name), None)
+
+
+def shown_in(output: str | None = None) -> tuple[str, ...]:
+    """Names of the metrics shown in ``output`` (one of :data:`OUTPUTS`; None: all), in table order."""
+    return tuple(m.name for m in METRICS if output is None or output in m.shown)
+
+
+def metric_keys(tasks: dict[str, str], output: str) -> list[str]:
+    """The ``<task>/<name>`` keys then the ``<name>_mean`` keys that ``output`` shows for ``{task: kind}``."""
+    shown = [m for m in METRICS if output in m.shown]
+    keys = [f"{t}/{m.name}" for t, kind in tasks.items() for m in shown if kind in m.kinds]
+    return keys + [f"{m.name}_mean" for m in shown if m.mean and any(k in m.kinds for k in tasks.values())]
+
+
 class MultiTaskMetrics(Metric):
     """Accumulates predictions of every task and reports them per task and per cohort value.
 
-    ``update(preds (B, T), targets (B, T), users (B,), cohorts (B, G))`` where ``preds`` are
+    ``update(preds (M, T), targets (M, T), users (M,), cohorts (M, R))`` where ``preds`` are
     probabilities for binary tasks and predictions on the (transformed) target scale for
-    regression tasks. ``compute()`` returns a flat dict such as ``click/auc``, ``click/gauc``,
-    ``click/logloss``, ``watch_time/mse``, ``auc_mean``, ``gauc_mean`` and the same under
-    ``cohort/<name>=<value>/...``. States are concatenated across processes under DDP.
+    regression tasks. ``compute()`` returns a flat dict of every metric of :data:`METRICS` for the
+    tasks of its kinds, such as ``click/auc``, ``click/gauc``, ``click/logloss``, ``watch_time/mse``,
+    ``auc_mean``, ``gauc_mean``, and the same under ``cohort/<name>=<value>/...`` (plus its
+    ``n_events``). States are concatenated across processes under DDP.
     """
 
     full_state_update = False
@@ -83,20 +157,15 @@ class MultiTaskMetrics(Metric):
         self.users.append(users.detach())
         self.cohort_codes.append(cohorts.detach())
 
-    def _scores(self, preds, targets, users) -> dict[str, float]:
+    def _scores(self, preds: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> dict[str, float]:
+        """Every metric of :data:`METRICS` per task of its kinds, then the means: ``(N, T), (N, T), (N,)``."""
         out: dict[str, float] = {}
         for i, (task, kind) in enumerate(self.tasks.items()):
-            p, y = preds[:, i], targets[:, i]
-            if kind == "binary":
-                out[f"{task}/auc"] = auc(p, y)
-                out[f"{task}/gauc"] = gauc(p, y, users)
-                out[f"{task}/logloss"] = logloss(p, y)
-            else:
-                out[f"{task}/mse"] = float(((p.double() - y.double()) ** 2).mean())
-        for stat in ("auc", "gauc"):
-            values = torch.tensor([v for k, v in out.items() if k.endswith(f"/{stat}")], dtype=torch.double)
-            if len(values):
-                out[f"{stat}_mean"] = float(values.nanmean())
+            out |= {f"{task}/{m.name}": m.fn(preds[:, i], targets[:, i], users) for m in METRICS if kind in m.kinds}
+        for m in METRICS:
+            values = [out[f"{t}/{m.name}"] for t, kind in self.tasks.items() if kind in m.kinds]
+            if m.mean and values:
+                out[f"{m.name}_mean"] = float(torch.tensor(values, dtype=torch.double).nanmean())
         return out
 
     def compute(self) -> dict[str, float]:

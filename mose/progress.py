@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
-TASK_METRICS = ("auc", "mse")  # the one shown per task: AUC (binary) or MSE (regression)
+from mose.metrics import PROGRESS, shown_in
 
 
 def progress_bar(enabled: bool = True) -> pl.Callback:
@@ -17,6 +17,8 @@ def progress_bar(enabled: bool = True) -> pl.Callback:
 class TaskProgressBar(RichProgressBar):
     """``RichProgressBar`` plus ``<task> auc`` / ``<task> mse`` (latest validation) and ``val auc_mean``.
 
+    The per-task metrics are those :data:`mose.metrics.METRICS` shows in the progress bar.
+
     Reads ``trainer.callback_metrics`` (``val/<task>/auc`` ...), so it needs nothing from the module.
     """
 
@@ -24,7 +26,7 @@ class TaskProgressBar(RichProgressBar):
         items = super().get_metrics(trainer, pl_module)
         metrics = trainer.callback_metrics
         for task in getattr(pl_module, "tasks", []):
-            for name in TASK_METRICS:
+            for name in shown_in(PROGRESS):
                 value = metrics.get(f"val/{task}/{name}")
                 if value is not None:
                     items[f"{task} {name}"] = f"{float(value):.4f}"

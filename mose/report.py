@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from mose.metrics import REPORT, metric_spec, shown_in
+
 
 def _run_order(path: Path) -> tuple:
     """Multirun job folders (``0``, ``1``, ..., ``10``) in job order, not text order."""
@@ -76,9 +78,10 @@ def task_columns(runs: list[dict], metrics: tuple[str, ...]) -> list[str]:
     return list(keys) + [f"{m}_mean" for m in metrics if any(f"{m}_mean" in r["test"] for r in runs)]
 
 
-def markdown_table(runs: list[dict], metrics: tuple[str, ...] = ("auc", "mse"), by: str | None = None) -> str:
+def markdown_table(runs: list[dict], metrics: tuple[str, ...] | None = None, by: str | None = None) -> str:
     """Model x task table; each cell ``mean ± std`` over the group's runs (seeds); ``by`` adds a column
-    (and a grouping) for that config key."""
+    (and a grouping) for that config key. ``metrics`` default to those the report shows (``METRICS``)."""
+    metrics = metrics or shown_in(REPORT)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["data"], *([config_value(run, by)] if by else []), run["model"])].append(run)
@@ -109,13 +112,15 @@ def by_value(runs: list[dict], by: str, metric: str) -> dict[str, dict[float, li
 
 
 def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
-                            metrics: tuple[str, ...] = ("auc", "mse")) -> str:
+                            metrics: tuple[str, ...] | None = None) -> str:
     """Every other model minus ``baseline`` per task, on the means over seeds, per data set.
 
-    A cell is ``delta (model mean)``; ▼ marks negative transfer (AUC lower / MSE higher than the
-    single-task model). The last column counts the tasks with negative transfer.
+    A cell is ``delta (model mean)``; ▼ marks negative transfer (worse than the single-task model:
+    lower AUC, higher MSE, by each metric's ``higher_is_better``). The last column counts the tasks
+    with negative transfer. ``metrics`` default to those the report shows.
     """
-    lower_better = ("mse", "logloss")
+    metrics = metrics or shown_in(REPORT)
+    lower_better = tuple(f"/{m}" for m in shown_in() if not metric_spec(m).higher_is_better)
     lines = []
     for data in dict.fromkeys(r["data"] for r in runs):
         sub = [r for r in runs if r["data"] == data]
@@ -145,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mose-report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", help="a run or multirun folder (searched recursively for metrics.json)")
     parser.add_argument("--out", help="markdown file to write (default: DIR/report.md)")
-    parser.add_argument("--metrics", default="auc,mse", help="comma-separated metrics per task (auc,gauc,logloss,mse)")
+    parser.add_argument("--metrics", default=",".join(shown_in(REPORT)),
+                        help=f"comma-separated metrics per task ({','.join(shown_in())})")
     parser.add_argument("--by", help="also group by this config key, e.g. data.source.task_correlation")
     parser.add_argument("--plot", help="PNG: --plot-metric against the --by value, one line per model")
     parser.add_argument("--plot-metric", default="auc_mean", help="comma-separated metrics to plot (one panel each)")

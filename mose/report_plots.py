@@ -1,8 +1,11 @@
 """PNG plots of a run or multirun folder for ``mose-report`` (beside its markdown).
 
 * ``metric_<m>.png``: per-task test metric ``m`` (auc, mse) by model, mean ± std over runs (seeds);
-* ``cohort_new_vs_regular.png``: per-task test AUC of new vs regular users, by model;
+* ``cohort_new_vs_regular.png``: per-task test AUC of new vs regular users, by model (a row per metric);
 * ``gates_<model>.png``: expert utilization (mean test gate weight, task x expert) of each gated model.
+
+The metrics are those :data:`mose.metrics.METRICS` shows in the report (``metric_<m>``) and in the
+cohort breakdown.
 
 Runs are the dicts of :func:`mose.report.load_runs` (``model``, ``data``, ``test`` metrics).
 """
@@ -20,9 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from data_prep.prepare import NEW_USER
+from mose.metrics import COHORTS, REPORT, metric_spec, shown_in
 from mose.plots import gate_heatmap
 
-COHORT = "new_user"
 GATE_KEY = re.compile(r"^gates/([^/]+)/e(\d+)$")
 
 
@@ -69,6 +73,14 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[tuple[float, flo
     ax.grid(axis="y", alpha=0.3)
 
 
+def _from_chance(ax, metric: str, series: dict[str, list[tuple[float, float]]]) -> None:
+    """A metric with a chance level (AUC: 0.5) gets a y axis from just below its lowest bar (or chance) to 1."""
+    spec = metric_spec(metric)
+    if spec is not None and spec.chance is not None:
+        lo = np.nanmin([m for v in series.values() for m, _ in v] + [spec.chance])
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+
+
 def metric_by_model(runs: list[dict], metric: str) -> plt.Figure | None:
     """Per-task ``metric`` by model (grouped bars, mean ± std over runs); None if no task has it."""
     tasks = tasks_with(runs, metric)
@@ -79,37 +91,44 @@ def metric_by_model(runs: list[dict], metric: str) -> plt.Figure | None:
               for name, group in groups.items()}
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(tasks) * max(1, len(groups) / 3), 3.6))
     _grouped_bars(ax, tasks, series, f"test {metric}")
-    if metric == "auc":
-        lo = np.nanmin([m for v in series.values() for m, _ in v] + [0.5])
-        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    _from_chance(ax, metric, series)
     ax.set_title(f"test {metric} per task by model (mean ± std over runs)", fontsize=9)
     ax.legend(fontsize=7, ncol=max(1, len(groups) // 6))
     fig.tight_layout()
     return fig
 
 
-def cohort_breakdown(runs: list[dict], metric: str = "auc", cohort: str = COHORT) -> plt.Figure | None:
-    """One panel per task: ``metric`` of each ``cohort`` value (new, regular) by model; None without cohorts."""
-    values = sorted({k.split("/")[1].split("=", 1)[1] for r in runs for k in r["test"]
-                     if k.startswith(f"cohort/{cohort}=") and k.endswith(f"/{metric}")})
-    tasks = [t for t in tasks_with(runs, metric)
-             if any(f"cohort/{cohort}={v}/{t}/{metric}" in r["test"] for r in runs for v in values)]
-    if not values or not tasks:
+def cohort_breakdown(runs: list[dict], metrics: tuple[str, ...] | None = None,
+                     cohort: str = NEW_USER) -> plt.Figure | None:
+    """A row of panels per metric (default: those the cohort breakdown shows), a panel per task: the
+    metric of each ``cohort`` value (new, regular) by model; None without such cohort metrics."""
+    rows = []
+    for metric in metrics or shown_in(COHORTS):
+        values = sorted({k.split("/")[1].split("=", 1)[1] for r in runs for k in r["test"]
+                         if k.startswith(f"cohort/{cohort}=") and k.endswith(f"/{metric}")})
+        tasks = [t for t in tasks_with(runs, metric)
+                 if any(f"cohort/{cohort}={v}/{t}/{metric}" in r["test"] for r in runs for v in values)]
+        if values and tasks:
+            rows.append((metric, values, tasks))
+    if not rows:
         return None
     groups = group_runs(runs)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(0.8 + 2.8 * len(tasks) * max(1, len(groups) / 4), 3.6),
-                             squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        series = {v: [_mean_std([r["test"].get(f"cohort/{cohort}={v}/{task}/{metric}", math.nan) for r in group])
-                      for group in groups.values()] for v in values}
-        _grouped_bars(ax, list(groups), series, f"test {metric}")
-        ax.set_title(task, fontsize=9)
-        ax.tick_params(axis="x", rotation=30, labelsize=7)
-        if metric == "auc":
-            lo = np.nanmin([m for v in series.values() for m, _ in v] + [0.5])
-            ax.set_ylim(max(0.0, lo - 0.05), 1.0)
-    axes[0][0].legend(title=cohort, fontsize=7)
-    fig.suptitle(f"test {metric}: {' vs '.join(values)} users", fontsize=9)
+    n_cols = max(len(tasks) for _, _, tasks in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.8 + 2.8 * n_cols * max(1, len(groups) / 4),
+                                                         3.6 * len(rows)), squeeze=False)
+    for ax_row, (metric, values, tasks) in zip(axes, rows):
+        for ax, task in zip(ax_row, tasks):
+            series = {v: [_mean_std([r["test"].get(f"cohort/{cohort}={v}/{task}/{metric}", math.nan) for r in group])
+                          for group in groups.values()] for v in values}
+            _grouped_bars(ax, list(groups), series, f"test {metric}")
+            ax.set_title(task, fontsize=9)
+            ax.tick_params(axis="x", rotation=30, labelsize=7)
+            _from_chance(ax, metric, series)
+        for ax in ax_row[len(tasks):]:
+            ax.axis("off")
+        ax_row[0].legend(title=cohort, fontsize=7)
+    values = list(dict.fromkeys(v for _, vs, _ in rows for v in vs))
+    fig.suptitle(f"test {', '.join(m for m, _, _ in rows)}: {' vs '.join(values)} users", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -135,8 +154,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
-def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...] = ("auc", "mse")) -> list[Path]:
-    """Write every plot that the runs have data for into ``out_dir``; returns the PNG paths."""
+def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...] | None = None) -> list[Path]:
+    """Write every plot that the runs have data for into ``out_dir``; returns the PNG paths.
+
+    ``metric_<m>.png`` for each of ``metrics`` (default: those the report shows)."""
+    metrics = metrics or shown_in(REPORT)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, plt.Figure | None] = {f"metric_{m}": metric_by_model(runs, m) for m in metrics}

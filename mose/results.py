@@ -6,7 +6,8 @@ import json
 import math
 from pathlib import Path
 
-COLUMNS = ("auc", "gauc", "logloss", "mse")
+from data_prep.prepare import NEW_USER
+from mose.metrics import COHORTS, SUMMARY, metric_spec, shown_in
 
 
 def write_metrics(path: str | Path, test: dict[str, float], **info) -> Path:
@@ -19,17 +20,21 @@ def write_metrics(path: str | Path, test: dict[str, float], **info) -> Path:
 
 
 def summary(test: dict[str, float], tasks: list[str]) -> str:
-    """A per-task table of the test metrics (plus the new-user cohort's AUC when present)."""
-    cohort = [k.split("/")[1] for k in test if k.startswith("cohort/new_user=new/") and k.endswith("/auc")]
-    header = ["task", *COLUMNS] + (["auc new users", "auc regular"] if cohort else [])
+    """A per-task table of the test metrics shown in the summary (:data:`mose.metrics.METRICS`), with
+    the new vs regular users columns of the cohort metrics when the run has the ``new_user`` cohort."""
+    columns = shown_in(SUMMARY)
+    values = list(dict.fromkeys(k.split("/")[1].split("=", 1)[1] for k in test
+                                if k.startswith(f"cohort/{NEW_USER}=")))
+    by_cohort = [(m, v) for m in shown_in(COHORTS) for v in values]  # new, regular (the manifest's order)
+    header = ["task", *columns] + [f"{m} {v}" for m, v in by_cohort]
     rows = []
     for t in tasks:
-        row = [t] + [test.get(f"{t}/{c}", math.nan) for c in COLUMNS]
-        if cohort:
-            row += [test.get(f"cohort/new_user={v}/{t}/auc", math.nan) for v in ("new", "regular")]
+        row = [t] + [test.get(f"{t}/{c}", math.nan) for c in columns]
+        row += [test.get(f"cohort/{NEW_USER}={v}/{t}/{m}", math.nan) for m, v in by_cohort]
         rows.append(row)
     fmt = lambda v: v if isinstance(v, str) else ("-" if math.isnan(v) else f"{v:.4f}")
     table = [header] + [[fmt(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
-    return "\n".join(lines + [f"mean test AUC {test.get('auc_mean', math.nan):.4f}"])
+    means = [f"{m} {fmt(test[f'{m}_mean'])}" for m in columns if metric_spec(m).mean and f"{m}_mean" in test]
+    return "\n".join(lines + (["mean test " + ", ".join(means)] if means else []))

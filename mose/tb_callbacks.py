@@ -14,11 +14,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-HPARAM_METRICS = ("auc", "gauc", "logloss", "mse")
+from mose.metrics import BINARY, HPARAMS, metric_keys
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def hparam_metrics(results: dict[str, float], tasks: dict[str, str]) -> dict[str, float]:
+    """``hp/<task>/<metric>`` and ``hp/<metric>_mean`` of the metrics the hparams tab shows
+    (:data:`mose.metrics.METRICS`) for ``{task: kind}``, from the flat test ``results``; NaNs left out."""
+    return {f"hp/{k}": results[k] for k in metric_keys(tasks, HPARAMS) if not math.isnan(results.get(k, math.nan))}
 
 
 def flat_hparams(hparams: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
@@ -39,8 +45,8 @@ class TestSummaries(pl.Callback):
     """After ``trainer.test``: ``test/pr/<task>`` PR curves (binary tasks) and the hparams tab.
 
     The hparams tab gets the model, optimizer and data settings, and as metrics the final test
-    ``hp/<task>/<metric>`` and ``hp/auc_mean`` (the names differ from the scalars so TensorBoard
-    keeps both). Rank 0 only; under DDP the PR curves cover rank 0's share of the test set.
+    ``hp/<task>/<metric>`` and ``hp/auc_mean`` (:func:`hparam_metrics`; the names differ from the
+    scalars so TensorBoard keeps both). Rank 0 only; under DDP the PR curves cover rank 0's share of the test set.
     """
 
     def __init__(self, pr_curves: bool = True, hparams: bool = True, num_thresholds: int = 127) -> None:
@@ -55,7 +61,7 @@ class TestSummaries(pl.Callback):
             return
         preds, targets = torch.cat(metric.preds).cpu(), torch.cat(metric.targets).cpu()  # (N, T)
         for i, (task, kind) in enumerate(metric.tasks.items()):
-            if kind == "binary":
+            if kind == BINARY:
                 tb.experiment.add_pr_curve(f"test/pr/{task}", targets[:, i] > 0.5, preds[:, i],
                                            global_step=trainer.global_step, num_thresholds=self.num_thresholds)
 
@@ -68,9 +74,5 @@ class TestSummaries(pl.Callback):
         params = flat_hparams({"model": h.get("model", {}), "lr": h.get("lr"), "weight_decay": h.get("weight_decay"),
                                "data": {k: h.get("data", {}).get(k) for k in ("name", "batch_size", "layout")},
                                "weighting": h.get("weighting")})
-        metrics = {f"hp/{k}": v for k, v in results.items()
-                   if "/" not in k.removeprefix(k.split("/")[0] + "/") and k.split("/")[-1] in HPARAM_METRICS
-                   and not k.startswith(("cohort/", "gates/")) and not math.isnan(v)}
-        metrics |= {f"hp/{k}": v for k in ("auc_mean", "gauc_mean") if not math.isnan(v := results.get(k, math.nan))}
-        tb.log_hyperparams(params, metrics)
+        tb.log_hyperparams(params, hparam_metrics(results, pl_module.metrics["test"].tasks))
         tb.experiment.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,3 +159,44 @@ def test_gate_usage_mean():
     gu.update(g2)
     expected = (g1.sum(0) + g2.sum(0)).double() / 3
     assert torch.allclose(gu.compute()["usage"], expected)
+
+
+def test_a_row_added_to_the_metric_table_reaches_every_output(monkeypatch, tmp_path):
+    """One row in ``METRICS``: computed for its task kinds (overall, per cohort, its mean) and shown in
+    the summary, the hparams tab, the progress bar, mose-report's table (its direction in the
+    negative-transfer table) and plots, with no other change."""
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    import mose.metrics as mm
+    from mose.progress import TaskProgressBar
+    from mose.report import markdown_table, negative_transfer_table
+    from mose.report_plots import render_plots
+    from mose.results import summary
+    from mose.tb_callbacks import hparam_metrics
+
+    mae = mm.MetricSpec("mae", lambda p, y, users: float((p.double() - y.double()).abs().mean()),
+                        (mm.REGRESSION,), higher_is_better=False, mean=True, shown=frozenset(mm.OUTPUTS))
+    monkeypatch.setattr(mm, "METRICS", (*mm.METRICS, mae))
+    preds, targets, users, cohorts = metric_batch()
+    m = MultiTaskMetrics(TASKS, {"new_user": ["new", "regular"]})
+    m.update(preds, targets, users, cohorts[:, :1])
+    out = m.compute()
+    want = float((preds[:, 2].double() - targets[:, 2].double()).abs().mean())
+    assert out["watch/mae"] == pytest.approx(want) and out["mae_mean"] == pytest.approx(want)
+    assert "click/mae" not in out and "cohort/new_user=new/watch/mae" in out
+
+    header, *_, means = summary(out, list(TASKS)).splitlines()
+    assert {"mae", "new", "regular"} <= set(header.split()) and "mae" in means
+    hp = hparam_metrics(out, TASKS)
+    assert {"hp/watch/mae", "hp/mae_mean"} <= set(hp) and "hp/click/mae" not in hp
+
+    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: {})
+    trainer = SimpleNamespace(callback_metrics={"val/watch/mae": torch.tensor(0.25)})
+    assert TaskProgressBar().get_metrics(trainer, SimpleNamespace(tasks=list(TASKS))) == {"watch mae": "0.2500"}
+
+    runs = [{"model": "single_task", "data": "d", "test": out, "dir": str(tmp_path)},
+            {"model": "mmoe", "data": "d", "test": {**out, "watch/mae": want + 0.1}, "dir": str(tmp_path)}]
+    assert "watch/mae" in markdown_table(runs).splitlines()[0]
+    mmoe = next(line for line in negative_transfer_table(runs).splitlines() if line.startswith("| mmoe"))
+    assert "+0.1000 ▼" in mmoe  # a higher MAE is worse
+    assert "metric_mae.png" in [p.name for p in render_plots(runs, tmp_path)]

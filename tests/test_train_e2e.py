@@ -14,6 +14,8 @@ import torch
 from conftest import compose_with_output
 from hydra.core.global_hydra import GlobalHydra
 
+from mose.metrics import METRICS
+
 TASKS = ("{click: {kind: binary}, like: {kind: binary, weight: 0.5}, "
          "watch_time: {kind: regression, transform: log1p}}")
 
@@ -78,6 +80,9 @@ def test_train_writes_metrics_checkpoint_and_tensorboard(trained):
                 "cohort/user_group=a/n_events"):
         assert key in t, key
     assert t["cohort/user_group=a/n_events"] + t["cohort/user_group=b/n_events"] > 0
+    for m in METRICS:  # every metric of the table, for the tasks of its kinds only, overall and per cohort
+        for task, kind in (("click", "binary"), ("like", "binary"), ("watch_time", "regression")):
+            assert (f"{task}/{m.name}" in t) == (kind in m.kinds) == (f"cohort/user_group=a/{task}/{m.name}" in t)
     assert any(k.startswith("gates/click/e") for k in t)  # MMoE gate utilisation
 
     ckpt = Path(metrics["checkpoint"])
