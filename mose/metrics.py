@@ -24,8 +24,8 @@ def grouped_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact ROC AUC of ``scores`` against 0/1 ``labels`` within each group, ties counted as 1/2.
 
-    ``(N,), (N,), (N,) -> auc (G,), n (G,), valid (G,)`` over the distinct groups in ascending
-    order; ``valid`` is False (and ``auc`` NaN) for groups with one class only.
+    ``(N,), (N,), (N,) -> auc (n_groups,), n (n_groups,), valid (n_groups,)`` over the distinct
+    groups in ascending order; ``valid`` is False (and ``auc`` NaN) for groups with one class only.
     Vectorised: one sort by (group, score), ranks averaged over ties (Mann-Whitney U).
     """
     scores, labels = scores.double(), labels.double()
@@ -183,7 +183,7 @@ class MultiTaskMetrics(Metric):
 
 
 class GateUsage(Metric):
-    """Gate diagnostics over the scored events: ``update(gates (M, T, E), cohorts (M, C) | None)``.
+    """Gate diagnostics over the scored events: ``update(gates (M, T, E), cohorts (M, R) | None)``.
 
     ``compute()`` returns tensors: ``usage (T, E)`` mean gate weight per task and expert (expert
     utilization), ``entropy (T,)`` mean per-event gate entropy (nats; ``log E`` is uniform),
@@ -220,7 +220,7 @@ class GateUsage(Metric):
         self.nonzero += (g > 0).double().sum(0)
         self.count += g.shape[0]
         if self.cohort_sizes and cohorts is not None:
-            codes = cohorts.long() + self.offsets  # (M, C): flat index of each row's value per cohort
+            codes = cohorts.long() + self.offsets  # (M, R): flat index of each row's value per cohort
             valid = (cohorts >= 0) & (cohorts < torch.tensor(self.cohort_sizes, device=cohorts.device))
             for j in range(codes.shape[1]):  # a handful of cohort columns, not rows
                 idx = codes[valid[:, j], j]

@@ -76,11 +76,11 @@ class MultiTaskModule(pl.LightningModule):
         return out
 
     def transformed(self, labels: torch.Tensor) -> torch.Tensor:
-        """Labels ``(B, T)`` on each task's target scale (log1p applied where configured)."""
+        """Labels ``(M, T)`` on each task's target scale (log1p applied where configured)."""
         return torch.where(self.log1p, torch.log1p(labels.clamp_min(0)), labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
+        """Logits ``(M, T)`` -> probabilities (binary) or target-scale predictions (regression)."""
         return to_predictions(logits, self.binary, self.mean, self.std)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> torch.Tensor:
@@ -163,7 +163,7 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics[split].update(self.predictions(logits), self.transformed(rows["labels"]),
                                    rows["user_key"], rows["cohorts"])
         if "gates" in aux:
-            gates = aux["gates"][batch["mask"]] if "mask" in batch else aux["gates"]  # (M, tasks, E)
+            gates = aux["gates"][batch["mask"]] if "mask" in batch else aux["gates"]  # (M, T, E)
             if split not in self.gate_usage:
                 sizes = [len(v) for v in (self.hparams.cohorts or {}).values()]
                 self.gate_usage[split] = GateUsage(*gates.shape[-2:], sizes).to(self.device)

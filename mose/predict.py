@@ -198,7 +198,7 @@ class CandidateEncoder:
         return out
 
     def _cohorts(self, df: pl.DataFrame) -> np.ndarray:
-        """Cohort codes ``(N, G)`` with the prepared value names (unknown values -> code 0); metrics only."""
+        """Cohort codes ``(N, R)`` with the prepared value names (unknown values -> code 0); metrics only."""
         nmax = self.manifest["new_user_max_prior"]
         if NEW_USER not in df.columns:
             df = df.with_columns(pl.when(pl.col("n_prior") < nmax).then(pl.lit("new")).otherwise(pl.lit("regular"))

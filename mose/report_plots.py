@@ -134,7 +134,7 @@ def cohort_breakdown(runs: list[dict], metrics: tuple[str, ...] | None = None,
 
 
 def gate_usage(runs: list[dict]) -> tuple[list[str], np.ndarray] | None:
-    """Mean over runs of the test gate weights ``gates/<task>/e<k>``: ``(tasks, usage (tasks, experts))``."""
+    """Mean over runs of the test gate weights ``gates/<task>/e<k>``: ``(tasks, usage (T, E))``."""
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for run in runs:
         for key, value in run["test"].items():

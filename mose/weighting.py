@@ -57,7 +57,8 @@ def shared_parameters(model: nn.Module) -> list[torch.Tensor]:
 
 
 def task_gradients(losses: torch.Tensor, params: list[torch.Tensor], grad_scale: float = 1.0) -> torch.Tensor:
-    """Flattened gradient of each task loss w.r.t. ``params``: ``(T,) -> (T, P)`` float32, DDP-averaged."""
+    """Flattened gradient of each task loss w.r.t. ``params``: ``(T,) -> (T, n_params)`` float32,
+    DDP-averaged."""
     rows = []
     for t in range(len(losses)):
         grads = torch.autograd.grad(losses[t] * grad_scale, params, retain_graph=True, allow_unused=True)

@@ -62,8 +62,8 @@ class StreamSplit(Dataset):
     ``windows="chunks"``: the prepared chunks (``stream_rows``); a step is scored if it is the
     chunk's to score and its event is in this split. ``windows="next_step"``: one window per
     event of the split, the user's last ``length`` events up to it, scoring only that event.
-    ``__getitems__`` returns every step field as ``(B, T, ...)`` plus ``valid (B, T)`` (a real
-    event) and ``mask (B, T)`` (scored), gathered with one fancy-index per array.
+    ``__getitems__`` returns every step field as ``(B, S, ...)`` plus ``valid (B, S)`` (a real
+    event) and ``mask (B, S)`` (scored), gathered with one fancy-index per array.
     """
 
     def __init__(self, root: str | Path, split: str, windows: str = WINDOWS[0], length: int | None = None) -> None:

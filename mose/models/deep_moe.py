@@ -18,7 +18,7 @@ from mose.nn.towers import Towers, task_logits
 
 class DeepMoE(nn.Module):
     """``layers`` hidden sizes, one per MoE layer; ``aux["gates"] (B, T, E)`` the last layer's task gates,
-    ``aux["layer_gates"] (B, L-1, E)`` the earlier layers' gates."""
+    ``aux["layer_gates"] (B, len(layers) - 1, E)`` the earlier layers' gates."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
                  layers: list[int] = (64, 32), tower: list[int] = (32,), dropout: float = 0.0,

@@ -18,7 +18,8 @@ from mose.nn.towers import Towers, task_logits
 
 
 class HME(nn.Module):
-    """``aux["gates"] (B, T, G*E)`` leaf weights (branch-major), ``aux["branch_gates"] (B, T, G)``."""
+    """``aux["gates"] (B, T, n_branches * E)`` leaf weights (branch-major),
+    ``aux["branch_gates"] (B, T, n_branches)``."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_branches: int = 2,
                  n_experts: int = 2, expert: list[int] = (64,), tower: list[int] = (32,),
@@ -37,8 +38,8 @@ class HME(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         x = self.embed(batch)
-        top = self.top(x)  # (B, T, G)
-        lower = self.lower(x).unflatten(1, (len(self.tasks), self.n_branches))  # (B, T, G, E)
-        gates = (top.unsqueeze(-1) * lower).flatten(2)  # (B, T, G*E) path products
+        top = self.top(x)  # (B, T, n_branches)
+        lower = self.lower(x).unflatten(1, (len(self.tasks), self.n_branches))  # (B, T, n_branches, E)
+        gates = (top.unsqueeze(-1) * lower).flatten(2)  # (B, T, n_branches * E) path products
         logits = self.towers(mix(self.experts(x), gates))
         return {**task_logits(logits, self.tasks), "aux": {"gates": gates, "branch_gates": top}}

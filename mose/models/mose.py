@@ -12,7 +12,7 @@ its steps, as in the paper; it sees later steps, so use it only with ``data.wind
 
 ``poso=True`` adds POSO (Dai et al., 2021) on the experts, which the POSO paper did not do: each
 expert's output at each step is scaled by a personalized gate ``C * sigmoid(MLP(x_pc))`` of the
-step's past-only personalization code ``batch["pcode"] (B, T, P)``, times the task gate.
+step's past-only personalization code ``batch["pcode"] (B, S, P)``, times the task gate.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ GATES = ("step", "window")
 
 
 class MoSE(nn.Module):
-    """``(B, T)`` stream steps -> ``{task: (B, T) logits}``; ``aux["gates"]`` is ``(B, T, tasks, E)``."""
+    """``(B, S)`` stream steps -> ``{task: (B, S) logits}``; ``aux["gates"]`` is ``(B, S, T, E)``."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, cell: str = "lstm",
                  bottom_hidden: int = 64, bottom_layers: int = 1, n_experts: int = 4, expert_hidden: int = 32,
@@ -56,17 +56,17 @@ class MoSE(nn.Module):
         self.expert_gate = PersonalizedGate(self.pc.out_dim, n_experts, poso_hidden, poso_scale) if poso else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        h = self.bottom(self.embed(batch)).squeeze(2)  # (B, T, Hb)
-        experts = self.experts(h)  # (B, T, E, He)
+        h = self.bottom(self.embed(batch)).squeeze(2)  # (B, S, Hb)
+        experts = self.experts(h)  # (B, S, E, He)
         if self.gate == "step":
-            gates = self.gates(h)  # (B, T, tasks, E)
+            gates = self.gates(h)  # (B, S, T, E)
         else:
             window = self.pool(h, batch["valid"])  # (B, Hb)
             gates = self.gates(window).unsqueeze(1).expand(-1, h.shape[1], -1, -1)
         aux = {"gates": gates}
         if self.expert_gate is not None:
-            aux["poso_gates"] = personal = self.expert_gate(self.pc(batch["pcode"]))  # (B, T, E)
+            aux["poso_gates"] = personal = self.expert_gate(self.pc(batch["pcode"]))  # (B, S, E)
             mixed = poso_mix(experts, gates, personal)
         else:
-            mixed = torch.einsum("bteh,btge->btgh", experts, gates)  # (B, T, tasks, He)
+            mixed = torch.einsum("bseh,bste->bsth", experts, gates)  # (B, S, T, He)
         return {**step_logits(self.heads, self.towers(mixed), self.tasks), "aux": aux}

@@ -3,7 +3,7 @@
 single-task (a network per task), multi-head (one shared network, a linear head per task) and
 shared-bottom (a shared network, a tower per task). The fourth pair is ``MoSE`` itself
 (``cell="lstm"``) and its feed-forward MMoE (``cell="ff"``), in ``mose.models.mose``.
-All map ``(B, T)`` stream steps to ``{task: (B, T) logits}``.
+All map ``(B, S)`` stream steps to ``{task: (B, S) logits}``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class StreamSingleTask(nn.Module):
         self.heads = GroupedLinear(len(self.tasks), hidden, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        x = torch.stack([e(batch) for e in self.embeds], dim=2)  # (B, T, tasks, D)
+        x = torch.stack([e(batch) for e in self.embeds], dim=2)  # (B, S, T, D)
         return step_logits(self.heads, self.net(x), self.tasks)
 
 

@@ -71,7 +71,7 @@ class YouTubeRanker(nn.Module):
         """The shallow tower's logits ``(B, T)``, 0 where position is missing; None at serving."""
         if self.bias_tower is None or not self.training or "cat" not in batch:
             return None
-        cats = batch["cat"][..., self.bias_cols]  # (B, F)
+        cats = batch["cat"][..., self.bias_cols]  # (B, Cb): the bias features of the C columns
         h = torch.cat([emb(cats[..., i]) for i, emb in enumerate(self.bias_embed)], -1)
         present = (cats[..., 0] > MISSING).unsqueeze(-1)
         return self.bias_tower(h) * present

@@ -40,11 +40,11 @@ class TargetAttention(nn.Module):
                 key_scale: torch.Tensor | None = None, value_mix: torch.Tensor | None = None) -> torch.Tensor:
         b, k_len, _ = tokens.shape
         h, dh = self.heads, self.dim // self.heads
-        q = self.q(query).view(b, 1, h, dh).transpose(1, 2)  # (B, h, 1, dh)
+        q = self.q(query).view(b, 1, h, dh).transpose(1, 2)  # (B, heads, 1, dim / heads)
         k = self.k(tokens)  # (B, K, dim)
         if key_scale is not None:
             k = k * key_scale.unsqueeze(1)
-        values = self.v(tokens.flatten(0, 1)).unflatten(0, (b, k_len))  # (B, K, N, dim)
+        values = self.v(tokens.flatten(0, 1)).unflatten(0, (b, k_len))  # (B, K, n_values, dim)
         if value_mix is None:
             value_mix = values.new_ones(b, self.n_values)
         v = torch.einsum("bknd,bn->bkd", values, value_mix) / self.n_values  # (B, K, dim)
@@ -52,6 +52,6 @@ class TargetAttention(nn.Module):
         v = v.view(b, k_len, h, dh).transpose(1, 2)
         has = mask.any(-1)  # (B,)
         allowed = (mask | ~has.unsqueeze(-1))[:, None, None, :]  # empty rows attend anywhere, zeroed below
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, 1, dh)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, heads, 1, dim / heads)
         o = o.transpose(1, 2).reshape(b, self.dim) * has.unsqueeze(-1).to(o.dtype)
         return self.out(o)

@@ -54,7 +54,7 @@ class InputSpec:
 class FeatureEmbedding(nn.Module):
     """Embeds user, item, categorical context and personalization bucket; concatenates numerics.
 
-    Works on any leading shape ``(*)``: ``(B,)`` events or ``(B, T)`` stream steps.
+    Works on any leading shape ``(*)``: ``(B,)`` events or ``(B, S)`` stream steps.
     ``history=True`` adds the history: the mean of its items' embeddings plus a projection of
     their labels (one item table embeds both the candidate and the history).
     ``pool_history=False`` keeps the history tokens (:meth:`history`) out of the output, for a
@@ -80,14 +80,14 @@ class FeatureEmbedding(nn.Module):
         self.out_dim = dim * (4 + 2 * self.pool + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """History tokens ``(B, K, dim)`` and their mask ``(B, K)``."""
+        """History tokens ``(B, K, D)`` (``D = dim``) and their mask ``(B, K)``."""
         tokens = self.item(batch["hist_item"])
         if self.feedback is not None:
             tokens = tokens + self.feedback(batch["hist_label"].to(tokens.dtype))
         return tokens, batch["hist_item"] > 0
 
     def pooled_history(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """The masked mean of :meth:`history`'s tokens ``(B, dim)``, computed without them.
+        """The masked mean of :meth:`history`'s tokens ``(B, D)``, computed without them.
 
         The label projection is linear, so it is applied to the mean labels ``(B, L)`` instead of
         to every token; the items are gathered with ``index_select``, whose backward (an

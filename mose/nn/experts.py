@@ -11,9 +11,9 @@ from mose.nn.norm import FeatureNorm
 
 
 class GroupedLinear(nn.Module):
-    """``G`` independent linear maps with stacked weights ``(G, in, out)``.
+    """``G`` independent linear maps with stacked weights ``(G, in_dim, out_dim)``.
 
-    Input ``(B, in)`` (shared by all groups) or ``(B, G, in)``; output ``(B, G, out)``.
+    Input ``(B, in_dim)`` (shared by all groups) or ``(B, G, in_dim)``; output ``(B, G, out_dim)``.
     """
 
     def __init__(self, groups: int, in_dim: int, out_dim: int) -> None:
@@ -24,17 +24,17 @@ class GroupedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the bias is added inside the matrix product (addmm / baddbmm), not as a separate pass;
-        # a (B, G, in) input is read as (G, B, in) and the output is a (G, B, out) tensor viewed
-        # as (B, G, out), so a stack of layers never copies to swap axes (~5% of an MMoE step)
+        # a (B, G, in_dim) input is read as (G, B, in_dim) and the output is a (G, B, out_dim) tensor
+        # viewed as (B, G, out_dim), so a stack of layers never copies to swap axes (~5% of an MMoE step)
         groups, in_dim, out_dim = self.weight.shape
-        if x.dim() == 2:  # one input shared by all groups: a single (B, in) @ (in, G * out)
+        if x.dim() == 2:  # one input shared by all groups: a single (B, in_dim) @ (in_dim, G * out_dim)
             weight = self.weight.transpose(0, 1).reshape(in_dim, groups * out_dim)
             return torch.addmm(self.bias.reshape(-1), x, weight).view(-1, groups, out_dim)
         return torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight).transpose(0, 1)
 
 
 class GroupedMLP(nn.Module):
-    """``G`` MLPs of the same shape in one batched pass: ``(B, in) | (B, G, in) -> (B, G, hidden[-1])``.
+    """``G`` MLPs of the same shape in one pass: ``(B, in_dim) | (B, G, in_dim) -> (B, G, hidden[-1])``.
 
     With ``last_activation=False`` the final layer is linear (a tower's logit layer). ``norm``
     (``batch`` | ``layer``) normalises every layer followed by an activation, before the ReLU.

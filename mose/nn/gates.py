@@ -9,7 +9,7 @@ from torch import nn
 class SoftmaxGates(nn.Module):
     """One softmax gate per task over ``n_experts``, all from one linear map.
 
-    ``(B, in_dim) -> (B, n_gates, n_experts)``, each row summing to 1.
+    ``(*, in_dim) -> (*, G, E)`` with ``G = n_gates``, ``E = n_experts``; each row sums to 1.
     """
 
     def __init__(self, in_dim: int, n_gates: int, n_experts: int) -> None:

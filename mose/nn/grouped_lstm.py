@@ -23,10 +23,10 @@ def _block_mask(groups: int, rows_per_group: int, cols_per_group: int, gates: in
 
 
 class GroupedLSTM(nn.Module):
-    """``G`` LSTMs over the same steps: ``(B, T, in) | (B, T, G, in) -> (B, T, G, hidden)``.
+    """``G`` LSTMs over the same steps: ``(B, S, in_dim) | (B, S, G, in_dim) -> (B, S, G, hidden)``.
 
-    With a shared input ``(B, T, in)`` every group reads all of it (experts over one stream);
-    with ``(B, T, G, in)`` group ``g`` reads only ``x[:, :, g]`` (a tower per task).
+    With a shared input ``(B, S, in_dim)`` every group reads all of it (experts over one stream);
+    with ``(B, S, G, in_dim)`` group ``g`` reads only ``x[:, :, g]`` (a tower per task).
     """
 
     def __init__(self, groups: int, in_dim: int, hidden: int, num_layers: int = 1, dropout: float = 0.0,
@@ -56,7 +56,7 @@ class GroupedLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.shared_input:
-            x = x.flatten(-2)  # (B, T, G*in)
+            x = x.flatten(-2)  # (B, S, G * in_dim)
         b = x.shape[0]
         h0 = x.new_zeros(self.num_layers, b, self.groups * self.hidden)
         out, _, _ = torch._VF.lstm(x, (h0, h0), self.flat_weights(), True, self.num_layers,

@@ -12,10 +12,10 @@ NORMS = ("batch", "layer")
 
 
 class FeatureNorm(nn.Module):
-    """Normalises ``(..., *shape)`` activations; ``shape`` is ``(D,)`` or ``(G, D)`` for ``G`` groups.
+    """Normalises ``(..., *shape)`` activations; ``shape`` is ``(H,)`` or ``(G, H)`` for ``G`` groups.
 
-    ``batch``: BatchNorm over every leading position (each of the ``G * D`` features has its own
-    statistics and affine), as in the DeepCTR family of rankers. ``layer``: LayerNorm over ``D``
+    ``batch``: BatchNorm over every leading position (each of the ``G * H`` features has its own
+    statistics and affine), as in the DeepCTR family of rankers. ``layer``: LayerNorm over ``H``
     per position, with a per-group affine. Output has the input's shape.
     """
 

@@ -60,7 +60,7 @@ class PersonalizationCode(nn.Module):
 class PosoGroupedMLP(nn.Module):
     """MLP-POSO over ``G`` grouped MLPs: every hidden layer's output ``(B, G, H)`` times its gate.
 
-    ``x (B, in) | (B, G, in), pc (B, pc_dim) -> (B, G, out)``. ``self.base`` is the plain
+    ``x (B, in_dim) | (B, G, in_dim), pc (B, pc_dim) -> (B, G, hidden[-1])``. ``self.base`` is the plain
     :class:`GroupedMLP` whose weights it uses; a linear last layer (tower logits) is not gated.
     """
 

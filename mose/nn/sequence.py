@@ -13,9 +13,9 @@ FUSED_MAX_WIDTH = 64  # G*H up to which one masked kernel beats G nn.LSTM calls 
 
 
 class GroupedSequence(nn.Module):
-    """``G`` sequence networks over the steps: ``(B, T, in) | (B, T, G, in) -> (B, T, G, hidden)``.
+    """``G`` sequence networks over the steps: ``(B, S, in_dim) | (B, S, G, in_dim) -> (B, S, G, hidden)``.
 
-    ``cell="lstm"``: causal LSTMs (step t reads steps <= t). ``cell="ff"``: an MLP of
+    ``cell="lstm"``: causal LSTMs (step s reads steps <= s). ``cell="ff"``: an MLP of
     ``num_layers`` layers applied to each step on its own (the feed-forward baseline).
     ``fused`` picks the LSTM kernel: one block-diagonal :class:`GroupedLSTM` call or ``G`` separate
     LSTMs; ``None`` chooses the fused one while ``G*H <= FUSED_MAX_WIDTH``.
@@ -36,5 +36,5 @@ class GroupedSequence(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cell == "lstm":
             return self.net(x)
-        b, t = x.shape[:2]
-        return self.net(x.flatten(0, 1)).unflatten(0, (b, t))
+        b, s = x.shape[:2]
+        return self.net(x.flatten(0, 1)).unflatten(0, (b, s))

@@ -18,10 +18,10 @@ def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 class NoisyTopKGates(nn.Module):
-    """``n_gates`` sparse gates over ``n_experts``: ``(B, in_dim) -> (gates (B, n_gates, n_experts), loss ())``.
+    """``G = n_gates`` sparse gates over ``E = n_experts``: ``(B, in_dim) -> (gates (B, G, E), loss ())``.
 
-    ``H = x W_g + noise * softplus(x W_n)`` with standard normal noise (training only, when
-    ``noisy``); the ``k`` largest entries of ``H`` are kept, the rest set to -inf, then softmax:
+    ``z = x W_g + noise * softplus(x W_n)`` with standard normal noise (training only, when
+    ``noisy``); the ``k`` largest entries of ``z`` are kept, the rest set to -inf, then softmax:
     every row has exactly ``k`` non-zero weights summing to 1 (ties aside).
 
     The loss is ``w_importance * CV(importance)^2 + w_load * CV(load)^2`` (Shazeer's eqs. 6-10) where

@@ -26,6 +26,6 @@ def task_logits(logits: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tenso
 
 
 def step_logits(heads: nn.Module, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
-    """Per-step heads: ``(B, T, tasks, H)`` through a ``GroupedLinear(tasks, H, 1)`` -> ``{task: (B, T)}``."""
+    """Per-step heads: ``(B, S, T, H)`` through a ``GroupedLinear(T, H, 1)`` -> ``{task: (B, S)}``."""
     logits = heads(x.flatten(0, 1)).squeeze(-1).unflatten(0, x.shape[:2])
     return {t: logits[..., i] for i, t in enumerate(tasks)}
