@@ -22,11 +22,14 @@ from data_prep.build import event_spec
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
 from mose.callbacks import NONFINITE_MODES
+from mose.models.mose import GATES
+from mose.models.omoe import MIXTURES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
-MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS}  # model keys with the same allowed values in every model
+# model keys with a fixed set of values (the same in every model that takes the key)
+MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES}
 
 
 class ConfigError(ValueError):

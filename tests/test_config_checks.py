@@ -13,7 +13,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from data_prep.schema import SchemaError
+from data_prep.sequences import WINDOWS
 from mose.config_checks import ConfigError, check_config
+from mose.models.mose import GATES
+from mose.models.omoe import MIXTURES
+from mose.nn.sequence import CELLS
 from mose.paths import CONF_DIR
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
@@ -53,6 +57,18 @@ def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         check_config(config(override))
     assert key in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (("model=mose", "model.gate=global"), "model.gate", GATES),
+    (("model=omoe", "model.mixture=soft"), "model.mixture", MIXTURES),
+    (("model=stream_mmoe_ff", "model.cell=gru"), "model.cell", CELLS),
+    (("data.windows=sliding",), "data.windows", WINDOWS),
+])
+def test_bad_choice_names_the_key_and_the_allowed_values(overrides, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        check_config(config(*overrides))
+    assert str(err.value).startswith(key) and all(v in str(err.value) for v in allowed), str(err.value)
 
 
 @pytest.mark.parametrize("tasks, key", [({"click": {"knd": "binary"}}, "data.tasks.click"), ({}, "data.tasks"),
