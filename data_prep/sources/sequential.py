@@ -34,9 +34,9 @@ TASKS = ("click", "convert", "dwell")
 
 
 def regime_means(n_regimes: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
-    """``(R, F)`` regime means with pairwise distance ``MEAN_SEPARATION`` (orthonormal when ``R <= F``)."""
+    """``(n_regimes, F)`` regime means ``MEAN_SEPARATION`` apart (orthonormal if ``n_regimes <= F``)."""
     if n_regimes <= n_features:
-        basis = np.linalg.qr(rng.standard_normal((n_features, n_regimes)))[0].T  # (R, F) orthonormal
+        basis = np.linalg.qr(rng.standard_normal((n_features, n_regimes)))[0].T  # (n_regimes, F) orthonormal
     else:
         basis = rng.standard_normal((n_regimes, n_features)) / np.sqrt(n_features)
     means = basis * MEAN_SEPARATION / np.sqrt(2)
@@ -45,7 +45,7 @@ def regime_means(n_regimes: int, n_features: int, rng: np.random.Generator) -> n
 
 def regime_paths(n_users: int, n_steps: int, n_regimes: int, switch_prob: float, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Hidden regimes ``(U, T)`` and their age ``(U, T)``: steps since the regime began (cumulative ops)."""
+    """Hidden regimes ``(U, n_steps)`` and their age ``(U, n_steps)``: steps since the regime began."""
     switch = rng.random((n_users, n_steps)) < switch_prob
     switch[:, 0] = False
     jump = rng.integers(1, n_regimes, (n_users, n_steps))  # to a different regime
@@ -58,7 +58,7 @@ def regime_paths(n_users: int, n_steps: int, n_regimes: int, switch_prob: float,
 
 
 def recent_count(x: np.ndarray, window: int) -> np.ndarray:
-    """Sum of ``x (U, T)`` over the ``window`` steps strictly before each step (cumulative sums)."""
+    """Sum of ``x (U, n_steps)`` over the ``window`` steps strictly before each step (cumulative sums)."""
     c = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(x, axis=1)], axis=1)  # c[:, t] = sum x[:, :t]
     t = np.arange(x.shape[1])
     return c[:, t] - c[:, np.maximum(t - window, 0)]
