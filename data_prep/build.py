@@ -36,7 +36,28 @@ def event_spec(data: dict) -> EventSpec:
     for key in ("categorical", "numeric", "cohorts"):
         if not isinstance(data.get(key) or [], (list, tuple)):
             raise SchemaError(f"data.{key} must be a list of column names, got {data.get(key)!r}")
-    return EventSpec.from_config(tasks, data.get("categorical"), data.get("numeric"), data.get("cohorts"))
+    spec = EventSpec.from_config(tasks, data.get("categorical"), data.get("numeric"), data.get("cohorts"))
+    check_labels_not_inputs(data, spec)
+    return spec
+
+
+def check_labels_not_inputs(data: dict, spec: EventSpec) -> None:
+    """Refuse a task's label column, or the file column it is mapped from (``data.source.columns``),
+    listed among ``data.categorical`` / ``numeric`` / ``cohorts`` / ``prep.personalization``: the
+    model (or its per-cohort report) would be given the answer. The error names both keys.
+    """
+    mapped = dict((data.get("source") or {}).get("columns") or {})
+    inputs = {f"data.{k}": data.get(k) or [] for k in ("categorical", "numeric", "cohorts")}
+    inputs["data.prep.personalization"] = (data.get("prep") or {}).get("personalization") or []
+    for task in spec.task_names:
+        labels = {task: f"the label column of data.tasks.{task}"}
+        if mapped.get(task) not in (None, task):
+            labels[mapped[task]] = f"the file column of task '{task}' (data.source.columns.{task}={mapped[task]})"
+        for key, cols in inputs.items():
+            leak = next((c for c in cols if c in labels), None)
+            if leak is not None:
+                raise SchemaError(f"{key} lists '{leak}', {labels[leak]}: a label among the inputs leaks the "
+                                  f"answer to the model; remove it from {key}")
 
 
 def prep_config(data: dict) -> dict:
@@ -81,15 +102,40 @@ def clean_stale(out: Path) -> None:
     """Tidy what a killed ``prepare`` left beside ``out`` (call under :func:`dataset_lock`).
 
     A kill between the two renames of the swap leaves no ``out`` but ``.<name>.old-<pid>``: that
-    previous dataset is put back. Temp folders ``.<name>.tmp-*`` of killed runs are deleted.
+    previous dataset is put back. Temp folders ``.<name>.tmp-*`` (and the partitioned prep's
+    ``.<name>.parts-*``) of killed runs are deleted.
     """
     olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime_ns)
     if not out.exists() and olds and (olds[-1] / "manifest.json").is_file():
         os.rename(olds.pop(), out)
         log.warning("restored %s from an interrupted dataset swap", out)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *olds]:
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.parts-*"), *olds]:
         log.info("removing %s left by an interrupted prepare", stale)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def dataset_config(data: dict) -> dict:
+    """What a prepared dataset's ``config_hash`` covers: :func:`prep_config` and the source files' stamps."""
+    return {**prep_config(data), "source_files": source_files_stamp(data["source"])}
+
+
+def holds_dataset(out: Path, config: dict) -> bool:
+    """Whether ``out`` holds the dataset prepared from ``config`` (:func:`dataset_config`), up to date."""
+    return (out / "manifest.json").is_file() and read_manifest(out).get("config_hash") == config_hash(config)
+
+
+def check_dataset_dir(data: dict, key: str) -> None:
+    """For a ``<key>=<dir>`` override (``mose-eval`` / ``mose-predict`` ``data_dir``): ``dir`` must be new, empty,
+    or hold this very dataset; anything else there (another dataset, other files) is never overwritten.
+    """
+    out = Path(data["dir"])
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())) or holds_dataset(out, dataset_config(data)):
+        return
+    what = ("a dataset prepared from another config or other source files" if (out / "manifest.json").is_file()
+            else "files that are not a prepared dataset" if out.is_dir() else "a file, not a folder")
+    raise SchemaError(f"{key}={out} holds {what}; it is not overwritten with the checkpoint's data "
+                      f"({data['source'].get('_target_')}). Pass a new folder, or the folder of the "
+                      "checkpoint's own dataset")
 
 
 def load_events(source: dict):
@@ -113,11 +159,10 @@ def ensure_prepared(data: dict, force: bool = False) -> Path:
     """
     out = Path(data["dir"])
     spec = event_spec(data)
-    config = {**prep_config(data), "source_files": source_files_stamp(data["source"])}
+    config = dataset_config(data)
     with dataset_lock(out):
         clean_stale(out)
-        if not force and (out / "manifest.json").exists() and \
-                read_manifest(out).get("config_hash") == config_hash(config):
+        if not force and holds_dataset(out, config):
             return out
         start = time.perf_counter()
         events = load_events(data["source"])

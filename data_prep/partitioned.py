@@ -53,7 +53,8 @@ from data_prep.prepare import (
     manifest_fields,
     swap_in,
 )
-from data_prep.schema import ITEM, TS, USER, EventSpec, validate
+from data_prep.fingerprint import fingerprint
+from data_prep.schema import FILE, FILE_ROW, ITEM, TS, USER, EventSpec, SchemaError, validate
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,
     N_PRIOR_BUCKETS,
@@ -64,7 +65,7 @@ from data_prep.sequences import (
     stream_chunks,
     user_run_starts,
 )
-from data_prep.split import TRAIN, split_expr, time_cuts
+from data_prep.split import TRAIN, label_ranges, split_expr, time_cuts, warn_degenerate_tasks
 from data_prep.vocab import encode
 
 KEY = ("_ku", "_kt", "_kr")  # first-seen key of a vocabulary value: (user, ts, _row) of its first train row
@@ -138,19 +139,36 @@ def _with_split(df: pl.DataFrame, val_start: int, test_start: int) -> pl.DataFra
     return df.with_columns(split_expr(val_start, test_start), prior_count_expr()).with_columns(prior_bucket_expr())
 
 
+def _with_file_rows(df: pl.DataFrame, files: list[Path]) -> pl.DataFrame:
+    """A partition with its global ``_row`` replaced by each event's raw file and 1-based data row there
+    (``FILE`` / ``FILE_ROW``, as the sources record them), for validation errors."""
+    starts = np.cumsum([0] + [pl.scan_parquet(f).select(pl.len()).collect().item() for f in files])
+    row = df["_row"].to_numpy().astype(np.int64)
+    idx = np.searchsorted(starts, row, side="right") - 1
+    names = [str(f) for f in files]
+    return df.drop("_row").with_columns(pl.Series(FILE_ROW, row - starts[idx] + 1),
+                                        pl.Series(FILE, np.array(names)[idx]).cast(pl.Enum(names)))
+
+
 def _stats_pass(part_files: list[list[Path]], spec: EventSpec, cuts: tuple[int, int],
-                personalization: list[str]) -> dict:
+                personalization: list[str], raw: list[Path]) -> dict:
     """Per-partition train statistics, merged (see the module docstring, step 2)."""
     vocab_cols = [USER, ITEM, *spec.categorical]
     firsts = {c: [] for c in vocab_cols}
     users, num_m, task_m, cohort_frames, pers_values = [], {c: [] for c in spec.numeric}, {}, [], {}
+    ranges = []
     regression = [t for t in spec.tasks if t.kind == "regression"]
     for t in regression:
         task_m[t.name] = []
     for files in part_files:
         df = _sorted_partition(files)
-        validate(df.drop("_row"), spec)
+        try:
+            validate(df.drop("_row"), spec)
+        except SchemaError:
+            validate(_with_file_rows(df, raw), spec)  # the same error, naming the raw file's rows
+            raise
         df = _with_split(df, *cuts)
+        ranges.append(label_ranges(df, spec))
         runs = df.select(pl.col(USER).rle()).unnest(USER)  # users in sorted order, consecutive
         users.append(runs.select(pl.col("value").alias(USER), pl.col("len").cast(pl.Int64).alias("count")))
         train = df.filter(pl.col("split") == TRAIN)
@@ -170,6 +188,7 @@ def _stats_pass(part_files: list[list[Path]], spec: EventSpec, cuts: tuple[int, 
                 pers_values.setdefault(c, set()).update(train[c].cast(pl.String).drop_nulls().unique().to_list())
         del df, train
 
+    warn_degenerate_tasks(pl.concat(ranges), spec)
     return {
         "users": pl.concat(users).sort(USER),
         "firsts": {c: pl.concat(f) for c, f in firsts.items()},
@@ -222,7 +241,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         timings["split_pass"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        stats = _stats_pass(part_files, spec, (val_start, test_start), personalization)
+        stats = _stats_pass(part_files, spec, (val_start, test_start), personalization, files)
         vocabs = {c: _vocab(f, c, min_count if c in (USER, ITEM) else 1) for c, f in stats["firsts"].items()}
         check_item_vocab(vocabs[ITEM].height + 2)
         num_stats = {c: (float(m or 0.0), float(s) if s and s > 0 else 1.0) for c, (m, s) in stats["num"].items()}
@@ -300,7 +319,8 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             min_count=min_count, history_len=history_len, stream_len=stream_len, stream_overlap=stream_overlap,
             new_user_max_prior=new_user_max_prior, cohort_names=cohort_names,
             pcode_info=pcode_info or {"names": ["prior_bucket", "new", *personalization],
-                                      "sizes": [N_PRIOR_BUCKETS, 2]})
+                                      "sizes": [N_PRIOR_BUCKETS, 2]},
+            fingerprint=fingerprint(vocabs, spec))
         meta = {}
         for name in [*shapes, "user_offsets", "stream_rows", "stream_scored"]:
             arr = np.load(tmp / f"{name}.npy", mmap_mode="r")
@@ -359,7 +379,7 @@ def _partition_arrays(df: pl.DataFrame, spec: EventSpec, vocabs: dict, num_stats
 def main(argv: list[str] | None = None) -> None:
     import yaml
 
-    from data_prep.build import event_spec
+    from data_prep.build import clean_stale, dataset_lock, event_spec
 
     parser = argparse.ArgumentParser(description="Prepare a Parquet event log partition by partition.")
     parser.add_argument("raw", help="a Parquet file or a folder of *.parquet (canonical event columns)")
@@ -369,8 +389,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = yaml.safe_load(Path(args.data).read_text())
     timings: dict = {}
-    prepare_partitioned(args.raw, event_spec(data), args.out, **data.get("prep", {}),
-                        rows_per_partition=args.rows_per_partition, timings=timings)
+    with dataset_lock(Path(args.out)):  # as ensure_prepared: one writer at a time, leftovers of killed runs tidied
+        clean_stale(Path(args.out))
+        prepare_partitioned(args.raw, event_spec(data), args.out, **data.get("prep", {}),
+                            rows_per_partition=args.rows_per_partition, timings=timings)
     print(json.dumps(timings))
 
 

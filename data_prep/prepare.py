@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_prep.schema import ITEM, TS, USER, EventSpec, validate
+from data_prep.fingerprint import fingerprint
+from data_prep.schema import ITEM, TS, USER, EventSpec, event_columns, validate
 from data_prep.sequences import (
     N_PRIOR_BUCKETS,
     HIST_ITEM_DTYPE,
@@ -49,7 +50,7 @@ from data_prep.sequences import (
     sort_events,
     stream_chunks,
 )
-from data_prep.split import SPLITS, TRAIN, split_expr, time_cuts
+from data_prep.split import SPLITS, TRAIN, label_ranges, split_expr, time_cuts, warn_degenerate_tasks
 from data_prep.vocab import encode, fit_standardizer, fit_vocab
 
 FORMAT_VERSION = 2  # 2: hist_item int32 (1: int64; both load)
@@ -57,7 +58,8 @@ NEW_USER = "new_user"
 
 
 def checksum(events: pl.DataFrame) -> str:
-    """Content hash of the events (row hashes, in order)."""
+    """Content hash of the events (row hashes, in order; the file row bookkeeping left out)."""
+    events = events.select(event_columns(events))
     return hashlib.sha256(events.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
 
 
@@ -142,10 +144,11 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
     val_start, test_start = time_cuts(df[TS], val_frac, test_frac)
     df = df.with_columns(split_expr(val_start, test_start), prior_count_expr()).with_columns(prior_bucket_expr())
     train = df.filter(pl.col("split") == TRAIN)
+    warn_degenerate_tasks(label_ranges(df, spec), spec)
 
-    vocab_sizes, cats = {}, []
+    vocab_sizes, cats, vocabs = {}, [], {}
     for col in [USER, ITEM, *spec.categorical]:
-        vocab = fit_vocab(train, col, min_count if col in (USER, ITEM) else 1)
+        vocabs[col] = vocab = fit_vocab(train, col, min_count if col in (USER, ITEM) else 1)
         vocab_sizes[col] = vocab.height + 2
         cats.append(encode(df, vocab, col).to_numpy())
     check_item_vocab(vocab_sizes[ITEM])
@@ -192,15 +195,19 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, history_len: int, val_fr
         cuts=(val_start, test_start), spec=spec, vocab_sizes=vocab_sizes,
         n_user_keys=int(arrays["user_key"].max()) + 1, num_stats=num_stats, task_stats=task_stats,
         min_count=min_count, history_len=history_len, stream_len=stream_len, stream_overlap=stream_overlap,
-        new_user_max_prior=new_user_max_prior, cohort_names=cohort_names, pcode_info=pcode_info)
+        new_user_max_prior=new_user_max_prior, cohort_names=cohort_names, pcode_info=pcode_info,
+        fingerprint=fingerprint(vocabs, spec))
     return arrays, fields
 
 
 def manifest_fields(*, n_events: int, split_counts, cuts: tuple, spec: EventSpec, vocab_sizes: dict,
                     n_user_keys: int, num_stats: dict, task_stats: dict, min_count: int, history_len: int,
                     stream_len: int, stream_overlap: int, new_user_max_prior: int, cohort_names: dict,
-                    pcode_info: dict) -> dict:
-    """The manifest fields that describe a prepared dataset's arrays (in-memory and partitioned paths)."""
+                    pcode_info: dict, fingerprint: dict) -> dict:
+    """The manifest fields that describe a prepared dataset's arrays (in-memory and partitioned paths).
+
+    ``fingerprint``: :func:`data_prep.fingerprint.fingerprint` of the fitted vocabularies and tasks.
+    """
     return {
         "layout": "per_event",
         "n_events": int(n_events),
@@ -220,6 +227,7 @@ def manifest_fields(*, n_events: int, split_counts, cuts: tuple, spec: EventSpec
         "new_user_max_prior": new_user_max_prior,
         "cohorts": cohort_names,
         "pcode": pcode_info,
+        "fingerprint": fingerprint,
     }
 
 

@@ -12,8 +12,8 @@ Hydra stays the main interface (composition, sweeps); this front end drives the 
 plain-typed constructors. The defaults are the composed Hydra ``train`` config, converted by
 :func:`cli_config` (``_target_`` -> ``class_path``), so the same settings give the same run (same
 seed, same metrics) through either. The data config ``data.data`` is the Hydra ``data`` node; the
-model's ``input_spec``, ``tasks``, ``task_stats``, ``cohorts`` and ``data`` come from the prepared
-dataset (linked, not set by hand).
+model's ``input_spec``, ``tasks``, ``task_stats``, ``cohorts``, ``data`` and ``fingerprint`` come from
+the prepared dataset (linked, not set by hand).
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def _cohorts(dm: EventDataModule) -> dict:
     return _prepared(dm)["cohorts"]
 
 
+def _fingerprint(dm: EventDataModule) -> dict | None:
+    return _prepared(dm).get("fingerprint")
+
+
 def _tasks(data: dict) -> dict:
     return event_spec(data).to_dict()["tasks"]
 
@@ -85,6 +89,7 @@ class MoseCLI(LightningCLI):
         parser.link_arguments("data", "model.input_spec", compute_fn=_input_spec, apply_on="instantiate")
         parser.link_arguments("data", "model.task_stats", compute_fn=_task_stats, apply_on="instantiate")
         parser.link_arguments("data", "model.cohorts", compute_fn=_cohorts, apply_on="instantiate")
+        parser.link_arguments("data", "model.fingerprint", compute_fn=_fingerprint, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.enable_progress_bar=false`` also drops the default progress bar callback (Lightning

@@ -1,4 +1,9 @@
-"""``mose-eval ckpt_path=...``: re-score a checkpoint on its test split and write metrics.json."""
+"""``mose-eval ckpt_path=...``: re-score a checkpoint on its test split and write metrics.json.
+
+The dataset must have the vocabularies and tasks the checkpoint was trained on (its fingerprint,
+:mod:`mose.compat`); ``data_dir=X`` prepares the checkpoint's data into ``X`` when ``X`` is new or
+empty, reuses it when it holds that very dataset, and never overwrites anything else.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from data_prep.build import check_dataset_dir
 from mose.callbacks import cli_errors
+from mose.compat import check_data_matches
 from mose.paths import CONF_DIR
 from mose.predict import load_module
 from mose.results import summary, write_metrics
@@ -22,8 +29,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data = dict(module.hparams.data)
     if cfg.data_dir:
         data["dir"] = cfg.data_dir
+        check_dataset_dir(data, "data_dir")
     datamodule = build_datamodule(data, eval_batch_size=cfg.batch_size)
     datamodule.prepare_data()
+    check_data_matches(module.hparams, datamodule.manifest, f"checkpoint {ckpt}", datamodule.root)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     test = module.results["test"]

@@ -7,6 +7,7 @@ hparams tab, the progress bar and ``mose-report`` all read it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,12 @@ def gauc(scores: torch.Tensor, labels: torch.Tensor, users: torch.Tensor) -> flo
         return float("nan")
     n = n.double()[valid]
     return float((per_user[valid] * n).sum() / n.sum())
+
+
+def undefined_auc_tasks(values: dict[str, float], tasks: dict[str, str]) -> list[str]:
+    """The binary tasks of ``tasks`` (``{name: kind}``) whose AUC in ``values`` is NaN: one class only among
+    the scored labels (e.g. no positives in the split). ``auc_mean`` / ``gauc_mean`` leave them out."""
+    return [t for t, kind in tasks.items() if kind == "binary" and math.isnan(values.get(f"{t}/auc", 0.0))]
 
 
 def logloss(probs: torch.Tensor, labels: torch.Tensor) -> float:

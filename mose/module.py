@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -9,11 +11,13 @@ from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from mose.metrics import GateUsage, MultiTaskMetrics
+from mose.metrics import GateUsage, MultiTaskMetrics, undefined_auc_tasks
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.plots import gate_heatmap
 from mose.weighting import Fixed, shared_parameters
+
+log = logging.getLogger(__name__)
 
 
 def stacked_logits(out: dict, tasks: list[str], binary: torch.Tensor) -> torch.Tensor:
@@ -37,7 +41,9 @@ class MultiTaskModule(pl.LightningModule):
     ``tasks`` ``{name: {kind, weight, transform}}``; ``task_stats`` train mean/std of each
     regression target after its transform; ``cohorts`` ``{cohort: [value names]}``; ``data`` the
     data config the model was trained on (used by ``mose-eval``); ``weighting`` a Hydra config of a
-    :mod:`mose.weighting` method (default: fixed task weights).
+    :mod:`mose.weighting` method (default: fixed task weights); ``fingerprint`` the prepared dataset's
+    vocabulary and task fingerprint (``manifest["fingerprint"]``, :mod:`data_prep.fingerprint`), checked by
+    ``mose-eval``, ``mose-predict`` and ``resume=`` against the data they run on.
     Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target; a
     model that returns ``aux["expert_logits"]`` (Jacobs et al.'s competitive mixture, see
     :mod:`mose.models.omoe`) trains with the mixture's negative log-likelihood instead. ``aux["loss"]``
@@ -46,7 +52,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
                  cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data: dict | None = None, weighting: dict | None = None) -> None:
+                 data: dict | None = None, weighting: dict | None = None, fingerprint: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tasks = list(tasks)
@@ -66,6 +72,7 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
         self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
         self.results: dict[str, dict[str, float]] = {}
+        self._undefined_auc: set[tuple[str, str]] = set()  # (split, task) already reported
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """The model's outputs; a competitive mixture's task logits are its mixture prediction."""
@@ -174,8 +181,21 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics[split].reset()
         if split in self.gate_usage:
             values |= self._gate_diagnostics(split)
+        self._report_undefined_auc(split, values)
         self.results[split] = values
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=False)
+
+    def _report_undefined_auc(self, split: str, values: dict[str, float]) -> None:
+        """Warn once per split and task whose AUC is NaN (one class among its labels); not in the sanity check."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.sanity_checking:
+            return
+        for task in undefined_auc_tasks(values, self.metrics[split].tasks):
+            if (split, task) not in self._undefined_auc:
+                self._undefined_auc.add((split, task))
+                log.warning("task '%s': AUC and GAUC are undefined on the %s split (one class only among its "
+                            "labels, e.g. no positives): reported as nan and left out of %s/auc_mean",
+                            task, split, split)
 
     def _gate_diagnostics(self, split: str) -> dict[str, float]:
         """Gate diagnostics as flat metrics (see :class:`GateUsage`); heatmaps go to TensorBoard.

@@ -10,6 +10,12 @@ in training (checked against the prepared arrays), and each candidate's history 
 K logged events strictly before its ``ts``. Without ``candidates`` the events of a prepared split
 (``split=test``) are scored instead.
 
+Candidates are validated like events (``data_prep.schema.validate_candidates``: columns, nulls, id
+kinds against the trained vocabularies, errors naming column and file rows); ids unseen in training
+are scored as unknown (the OOV embedding) and counted in the log line ``scored N candidates: U unknown
+users, I unknown items``. The checkpoint's vocabulary fingerprint must match the dataset's
+(:mod:`mose.compat`).
+
 Output (Parquet, one row per candidate, input order): the candidate file's columns, ``p_<task>`` for
 binary tasks (probability), ``pred_<task>`` for regression tasks (original units), and ``score`` =
 ``prod_t p_t ** w_t`` over ``score_weights`` (default: every binary task, weight 1).
@@ -27,9 +33,9 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.build import ensure_prepared, event_spec, load_events
+from data_prep.build import check_dataset_dir, ensure_prepared, event_spec, load_events
 from data_prep.prepare import NEW_USER, read_manifest
-from data_prep.schema import ITEM, TS, USER, SchemaError, drop_duplicates
+from data_prep.schema import ITEM, TS, USER, SchemaError, drop_duplicates, validate_candidates, with_file_rows
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,
     gather_history,
@@ -38,8 +44,9 @@ from data_prep.sequences import (
     sort_events,
 )
 from data_prep.split import SPLITS, TRAIN, split_expr
-from data_prep.vocab import encode, fit_vocab
-from mose.callbacks import load_checkpoint
+from data_prep.vocab import OOV, encode, fit_vocab
+from mose.callbacks import cli_errors, load_checkpoint
+from mose.compat import check_data_matches
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import FIELDS, STEP_FIELDS, EventSplit, StreamSplit, load_arrays
 from mose.module import MultiTaskModule
@@ -160,12 +167,9 @@ class CandidateEncoder:
         return n_prior, last
 
     def encode(self, cands: pl.DataFrame) -> dict[str, np.ndarray]:
-        """Per-event arrays (the fields of ``mose.data.datasets.FIELDS``) of canonical candidate events ``(N, ...)``."""
+        """Per-event arrays (the fields of ``mose.data.datasets.FIELDS``) of canonical candidate events ``(N, ...)``,
+        checked by ``data_prep.schema.validate_candidates``."""
         m, spec = self.manifest, self.spec
-        missing = [c for c in [USER, ITEM, TS, *spec.categorical, *spec.numeric] if c not in cands.columns]
-        if missing:
-            raise SchemaError(f"candidates lack column(s) {missing} (the model was trained with them); "
-                              f"they have {cands.columns}")
         cands = cands.with_row_index("_cand")
         n_prior, last = self._history_index(cands)
         df = cands.with_columns(pl.Series("n_prior", n_prior, pl.Int64)).with_columns(prior_bucket_expr())
@@ -249,28 +253,45 @@ class CandidateEncoder:
 def read_candidates(path: str | Path, columns: dict | None = None, ts_unit: str = "ms"
                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """A CSV/Parquet of candidates as read, and in input order with canonical column names and ``ts`` in ms."""
-    from data_prep.sources.events import read, to_ms
+    from data_prep.sources.events import _ids_fit_int64, read, to_ms
 
     df = raw = read(path)
     columns = dict(columns or {})
     absent = [src for src in columns.values() if src not in df.columns]
     if absent:
         raise SchemaError(f"{path}: mapped column(s) {absent} not found; the file has {df.columns}")
-    df = df.rename({src: canon for canon, src in columns.items()})
+    df = with_file_rows(_ids_fit_int64(df.rename({src: canon for canon, src in columns.items()})), path)
     if TS not in df.columns:
         raise SchemaError(f"{path}: no '{TS}' column; the file has {df.columns}")
     return raw, df.with_columns(to_ms(df[TS], ts_unit))
 
 
-def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_size: int = 8192,
-                     data_dir: str | None = None) -> np.ndarray:
-    """Predictions ``(N, T)`` for canonical candidate events, encoded like the checkpoint's training data."""
+def prepared_dataset(module: MultiTaskModule, data_dir: str | None = None) -> Path:
+    """The checkpoint's prepared dataset (``data_dir``: in that folder, never overwriting another dataset
+    there), built if needed, and checked to have the vocabularies and tasks the model was trained on."""
     data = dict(module.hparams.data)
     if data_dir:
         data["dir"] = data_dir
-    ensure_prepared(data)
+        check_dataset_dir(data, "data_dir")
+    root = ensure_prepared(data)
+    check_data_matches(module.hparams, read_manifest(root), "the checkpoint", root)
+    return root
+
+
+def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_size: int = 8192,
+                     data_dir: str | None = None) -> np.ndarray:
+    """Predictions ``(N, T)`` for canonical candidate events, encoded like the checkpoint's training data."""
+    root = prepared_dataset(module, data_dir)
+    manifest = read_manifest(root)
+    fp = (manifest.get("fingerprint") or {}).get("vocab", {})
+    validate_candidates(candidates, manifest["spec"]["categorical"], manifest["spec"]["numeric"],
+                        {c: v["dtype"] for c, v in fp.items()})
+    data = {**module.hparams.data, "dir": str(root)}
     encoder = CandidateEncoder(data)
     arrays = encoder.encode(candidates)
+    log.info("scored %d candidates: %d unknown users, %d unknown items (not in the training vocabularies: "
+             "scored with the learned unknown-id embedding)", len(arrays["user"]),
+             int((arrays["user"] == OOV).sum()), int((arrays["item"] == OOV).sum()))
     if loader_settings(data)["layout"] == "per_stream":
         batches = encoder.stream_batches(arrays, batch_size, int(encoder.manifest["stream_len"]))
     else:
@@ -284,9 +305,7 @@ def score_split(module: MultiTaskModule, split: str, batch_size: int = 8192,
     if split not in SPLITS:
         raise SystemExit(f"error: split={split} is not one of {SPLITS}")
     data = dict(module.hparams.data)
-    if data_dir:
-        data["dir"] = data_dir
-    root = ensure_prepared(data)
+    root = prepared_dataset(module, data_dir)
     manifest = read_manifest(root)
     if loader_settings(data)["layout"] == "per_stream":
         ds = StreamSplit(root, split, "next_step")
@@ -327,10 +346,8 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with cli_errors():  # error: ... and exit 2 (bad candidates, config, checkpoint or data)
         predict(cfg)
-    except SchemaError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import event_spec
 from mose.callbacks import cli_errors, find_resume_checkpoint
+from mose.compat import check_resume
 from mose.config_checks import check_config
 from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
@@ -52,12 +53,14 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         tasks=event_spec(data).to_dict()["tasks"], task_stats=manifest["task_stats"], cohorts=manifest["cohorts"],
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, data=data,
         weighting=OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None,
+        fingerprint=manifest.get("fingerprint"),
     )
     logger = instantiate(cfg.logger)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=find_resume_checkpoint(cfg.resume, out_dir),
-                weights_only=True)
+    ckpt_path = find_resume_checkpoint(cfg.resume, out_dir)
+    check_resume(ckpt_path, module)  # another model, vocabulary or task set: error naming what differs
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)
     test = module.results["test"]
     best = trainer.checkpoint_callback.best_model_score  # val/auc_mean of the tested checkpoint

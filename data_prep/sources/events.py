@@ -4,7 +4,8 @@
          ts_unit="s")
 
 Mapped columns are renamed to their canonical names, every other column is kept as it is, and ``ts``
-becomes Int64 milliseconds.
+becomes Int64 milliseconds. Each row also records its file and 1-based data row
+(``data_prep.schema.with_file_rows``), so validation errors name the rows of the file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_prep.schema import TS, SchemaError
+from data_prep.schema import TS, SchemaError, with_file_rows
 
 TS_UNITS = ("ms", "s", "us", "ns", "datetime")
 MS_PER_UNIT = {"ms": 1.0, "s": 1_000.0, "us": 1e-3, "ns": 1e-6}
@@ -86,9 +87,9 @@ def to_ms(ts: pl.Series, unit: str) -> pl.Series:
     x = ts.cast(pl.Float64)
     bad = x.is_nan() | x.is_infinite() | (x.abs() * factor >= 2.0**63)
     if bad.any():
-        rows = ", ".join(f"row {i}: {ts[i]!r}" for i in bad.arg_true().head(5).to_list())
+        rows = ", ".join(f"row {i + 1}: {ts[i]!r}" for i in bad.arg_true().head(5).to_list())
         raise SchemaError(f"column '{ts.name}' has timestamps that are not finite or do not fit int64 ms "
-                          f"with ts_unit='{unit}': {rows}")
+                          f"with ts_unit='{unit}': {rows} (1-based data rows)")
     if ts.dtype.is_integer():
         ts = ts.cast(pl.Int64)
         return ts * int(factor) if factor >= 1 else ts // round(1 / factor)
@@ -102,11 +103,11 @@ def load(path: str, columns: dict[str, str] | None = None, ts_unit: str = "ms",
     ``columns`` maps canonical name -> column in the file; mapped columns are renamed, the others kept.
     ``ts`` is converted from ``ts_unit`` ("ms", "s", "us", "ns" or "datetime") to Int64 milliseconds;
     a Date/Datetime column is converted whatever the unit. Canonical id/ts columns come first.
-    Integer ids beyond int64 are kept exactly, as strings.
+    Integer ids beyond int64 are kept exactly, as strings. The file rows are in ``_file_row`` / ``_file``.
     """
     if ts_unit not in TS_UNITS:
         raise SchemaError(f"unknown ts_unit '{ts_unit}'; expected one of {TS_UNITS}")
-    df = read(path, separator, encoding)
+    df = with_file_rows(read(path, separator, encoding), path)
     columns = dict(columns or {})
     missing = {canon: src for canon, src in columns.items() if src not in df.columns}
     if missing:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_prep.schema import SchemaError
+from data_prep.schema import FILE, FILE_ROW, SchemaError, with_file_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY_TASKS = ("is_click", "long_view", "like", "is_follow", "is_comment", "is_forward", "is_profile_enter",
@@ -41,9 +41,12 @@ def _scan(file: Path) -> pl.LazyFrame:
     return pl.scan_csv(file, separator="\t" if ".tsv" in file.name else ",", infer_schema_length=10_000)
 
 
-def _scan_all(files: list[Path], required: tuple[str, ...]) -> pl.LazyFrame:
-    """Concatenate the files (columns matched by name); each must have the ``required`` columns."""
-    frames = [_scan(f) for f in files]
+def _scan_all(files: list[Path], required: tuple[str, ...], rows: bool = False) -> pl.LazyFrame:
+    """Concatenate the files (columns matched by name); each must have the ``required`` columns.
+
+    ``rows``: each row records its file and 1-based data row (:func:`with_file_rows`).
+    """
+    frames = [with_file_rows(_scan(f), f, [str(g) for g in files]) if rows else _scan(f) for f in files]
     for f, lf in zip(files, frames):
         missing = [c for c in required if c not in lf.collect_schema().names()]
         if missing:
@@ -59,7 +62,7 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
     ``label``), is_follow, is_comment, is_forward, is_profile_enter, is_hate [Int8, those present];
     play_time, duration [Float64 seconds]; register_days [Int64]; user_active_degree [String, null ->
     "UNKNOWN"]; new_user [String: "new" if register_days <= ``new_user_max_register_days`` else
-    "regular"]. A relative ``path`` that does not exist from the working directory is taken relative
+    "regular"]; ``_file`` / ``_file_row``: each event's log file and 1-based data row. A relative ``path`` that does not exist from the working directory is taken relative
     to the repository root.
     """
     folder = _resolve(path)
@@ -72,7 +75,7 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
     if not users:
         raise SchemaError(f"no KuaiRand user features (user_features*.csv[.gz]) in {folder}")
 
-    lf = _scan_all(logs, REQUIRED)
+    lf = _scan_all(logs, REQUIRED, rows=True)
     names = lf.collect_schema().names()
     like = "is_like" if "is_like" in names else "label"
     sources = {t: (like if t == "like" else t) for t in BINARY_TASKS}
@@ -86,6 +89,7 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
         *[pl.col(src).cast(pl.Int8).alias(t) for t, src in tasks.items()],
         (pl.col("play_time_ms").cast(pl.Float64) / 1000).alias("play_time"),
         (pl.col("duration_ms").cast(pl.Float64) / 1000).alias("duration"),
+        FILE_ROW, FILE,
     )
     features = (
         _scan_all(users, USER_FEATURES)

@@ -1,0 +1,69 @@
+"""A content fingerprint of a prepared dataset's fitted vocabularies and task set.
+
+Computed at prep time from the fitted vocabulary frames (``fit_vocab``'s ``(col, "<col>_idx")``)
+and the task specs, written to ``manifest.json`` (``fingerprint``) and stored in every checkpoint
+(``MultiTaskModule`` hparam ``fingerprint``). ``mose-eval``, ``mose-predict`` and ``resume=`` compare
+the two with :func:`differences`, so a model never scores ids that now mean other users or items.
+
+    {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": "..."}, "item_id": {...}, "device": {...}},
+     "tasks": {"click": {"kind": "binary", "transform": "none"}, ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+from data_prep.schema import ITEM, USER, EventSpec, id_kind
+
+CHUNK = 1 << 20  # values hashed per step (bounded memory for large vocabularies)
+
+
+def vocab_digest(vocab: pl.DataFrame, col: str) -> dict:
+    """``{size, dtype, sha}`` of one fitted vocabulary: its values in index order (size counts PAD and OOV)."""
+    values = vocab.sort(f"{col}_idx")[col]
+    kind = id_kind(values.dtype)
+    h = hashlib.sha256(kind.encode())
+    text = values.cast(pl.String)
+    for start in range(0, len(text), CHUNK):
+        h.update(text.slice(start, CHUNK).str.join("\x1f").item().encode())
+        h.update(b"\x1e")
+    return {"size": vocab.height + 2, "dtype": kind, "sha": h.hexdigest()[:16]}
+
+
+def fingerprint(vocabs: dict[str, pl.DataFrame], spec: EventSpec) -> dict:
+    """The fingerprint of a dataset from its vocabularies ``{col: frame}`` (user, item, each categorical)
+    and its task specs (names, kinds, transforms; not the loss weights)."""
+    return {"vocab": {col: vocab_digest(v, col) for col, v in vocabs.items()},
+            "tasks": {t.name: {"kind": t.kind, "transform": t.transform} for t in spec.tasks}}
+
+
+def vocab_name(col: str) -> str:
+    """How errors name a vocabulary: ``user ids (user_id)``, ``item ids (item_id)``, ``categorical 'device'``."""
+    return {USER: f"user ids ({USER})", ITEM: f"item ids ({ITEM})"}.get(col, f"categorical '{col}'")
+
+
+def _tasks(tasks: dict) -> str:
+    return ", ".join(f"{t} ({s['kind']}{'' if s.get('transform', 'none') == 'none' else ', ' + s['transform']})"
+                     for t, s in tasks.items())
+
+
+def differences(trained: dict, current: dict) -> list[str]:
+    """What differs between a checkpoint's fingerprint ``trained`` and a dataset's ``current``, by name."""
+    out = []
+    old, new = trained.get("vocab", {}), current.get("vocab", {})
+    for col in dict.fromkeys([*old, *new]):
+        a, b = old.get(col), new.get(col)
+        if a is None or b is None:
+            out.append(f"{vocab_name(col)}: only the {'dataset' if a is None else 'checkpoint'} has this vocabulary")
+        elif a["dtype"] != b["dtype"]:
+            out.append(f"{vocab_name(col)}: {a['dtype']} ids in the checkpoint, {b['dtype']} ids in the dataset")
+        elif a["sha"] != b["sha"]:
+            same = ", same size: ids renamed or reassigned" if a["size"] == b["size"] else ""
+            out.append(f"{vocab_name(col)}: the vocabulary differs ({a['size']:,} entries in the checkpoint, "
+                       f"{b['size']:,} in the dataset{same})")
+    if trained.get("tasks") != current.get("tasks"):
+        out.append(f"task set: {_tasks(trained.get('tasks', {}))} in the checkpoint, "
+                   f"{_tasks(current.get('tasks', {}))} in the dataset")
+    return out
