@@ -1,11 +1,11 @@
 """A content fingerprint of a prepared dataset's fitted vocabularies and task set.
 
-Computed at prep time from the fitted vocabulary frames (``fit_vocab``'s ``(col, "<col>_idx")``)
-and the task specs, written to ``manifest.json`` (``fingerprint``) and stored in every checkpoint
+Computed at prep time from the fitted vocabulary frames (``fit_vocab``'s ``(col, "<col>_idx",
+"<col>_count")``) and the task specs, written to ``manifest.json`` (``fingerprint``) and stored in every checkpoint
 (``MultiTaskModule`` hparam ``fingerprint``). ``mose-eval``, ``mose-predict`` and ``resume=`` compare
 the two with :func:`differences`, so a model never scores ids that now mean other users or items.
 
-    {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": "..."}, "item_id": {...}, "device": {...}},
+    {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": "...", "counts_sha": "..."}, "item_id": ...},
      "tasks": {"click": {"kind": "binary", "transform": "none"}, ...}}
 """
 
@@ -20,16 +20,25 @@ from data_prep.schema import ITEM, USER, EventSpec, id_kind
 CHUNK = 1 << 20  # values hashed per step (bounded memory for large vocabularies)
 
 
-def vocab_digest(vocab: pl.DataFrame, col: str) -> dict:
-    """``{size, dtype, sha}`` of one fitted vocabulary: its values in index order (size counts PAD and OOV)."""
-    values = vocab.sort(f"{col}_idx")[col]
-    kind = id_kind(values.dtype)
-    h = hashlib.sha256(kind.encode())
+def _sha(prefix: str, values: pl.Series) -> str:
+    """Hash of ``values`` in order, as text (bounded memory: :data:`CHUNK` values per step)."""
+    h = hashlib.sha256(prefix.encode())
     text = values.cast(pl.String)
     for start in range(0, len(text), CHUNK):
         h.update(text.slice(start, CHUNK).str.join("\x1f").item().encode())
         h.update(b"\x1e")
-    return {"size": vocab.height + 2, "dtype": kind, "sha": h.hexdigest()[:16]}
+    return h.hexdigest()[:16]
+
+
+def vocab_digest(vocab: pl.DataFrame, col: str) -> dict:
+    """``{size, dtype, sha, counts_sha}`` of one fitted vocabulary: its values in index order (``sha``) and
+    their train counts (``counts_sha``: ids permuted among users change it). ``size`` counts PAD and OOV."""
+    vocab = vocab.sort(f"{col}_idx")
+    kind = id_kind(vocab.schema[col])
+    out = {"size": vocab.height + 2, "dtype": kind, "sha": _sha(kind, vocab[col])}
+    if f"{col}_count" in vocab.columns:
+        out["counts_sha"] = _sha("counts", vocab[f"{col}_count"])
+    return out
 
 
 def fingerprint(vocabs: dict[str, pl.DataFrame], spec: EventSpec) -> dict:
@@ -60,9 +69,12 @@ def differences(trained: dict, current: dict) -> list[str]:
         elif a["dtype"] != b["dtype"]:
             out.append(f"{vocab_name(col)}: {a['dtype']} ids in the checkpoint, {b['dtype']} ids in the dataset")
         elif a["sha"] != b["sha"]:
-            same = ", same size: ids renamed or reassigned" if a["size"] == b["size"] else ""
+            same = ", same size: ids renamed" if a["size"] == b["size"] else ""
             out.append(f"{vocab_name(col)}: the vocabulary differs ({a['size']:,} entries in the checkpoint, "
                        f"{b['size']:,} in the dataset{same})")
+        elif "counts_sha" in a and "counts_sha" in b and a["counts_sha"] != b["counts_sha"]:
+            out.append(f"{vocab_name(col)}: the same ids, but other train event counts per id (ids permuted "
+                       "among users or items, or other train events)")
     if trained.get("tasks") != current.get("tasks"):
         out.append(f"task set: {_tasks(trained.get('tasks', {}))} in the checkpoint, "
                    f"{_tasks(current.get('tasks', {}))} in the dataset")

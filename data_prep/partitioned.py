@@ -203,8 +203,9 @@ def _vocab(first: pl.DataFrame, col: str, min_count: int) -> pl.DataFrame:
     """The global train vocabulary of ``col`` (``fit_vocab``'s frame) from per-partition first-seen rows."""
     merged = (first.sort(list(KEY)).group_by(col, maintain_order=True)
               .agg(pl.col("_n").sum(), *[pl.col(k).first() for k in KEY]))
-    values = merged.filter(pl.col("_n") >= min_count).sort(list(KEY)).select(col)
-    return values.with_columns(pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"))
+    values = merged.filter(pl.col("_n") >= min_count).sort(list(KEY))
+    return values.select(col, pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"),
+                         pl.col("_n").cast(pl.Int64).alias(f"{col}_count"))
 
 
 def _open(tmp: Path, name: str, shape: tuple, dtype) -> np.memmap:

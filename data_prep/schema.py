@@ -94,7 +94,8 @@ def with_file_rows(frame: pl.DataFrame | pl.LazyFrame, path: str | Path, files: 
     """``frame`` (as read from ``path``, in file order) with :data:`FILE_ROW` (1-based data row) and
     :data:`FILE` (``path`` as an ``Enum`` over ``files``, all the files a source reads) columns."""
     enum = pl.Enum(list(dict.fromkeys([*(files or []), str(path)])))
-    return frame.with_row_index(FILE_ROW, offset=1).with_columns(pl.lit(str(path)).cast(enum).alias(FILE))
+    return frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias(FILE_ROW),
+                              pl.lit(str(path)).cast(enum).alias(FILE))
 
 
 def event_columns(df: pl.DataFrame) -> list[str]:

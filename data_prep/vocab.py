@@ -11,16 +11,17 @@ def fit_vocab(train: pl.DataFrame, col: str, min_count: int = 1) -> pl.DataFrame
     """Map each train value of ``col`` seen at least ``min_count`` times to an index >= 2, in first-seen order.
 
     Rarer values share the OOV index with unseen ones, so OOV is trained and stands for
-    "rare or new". Returns a frame ``(col, "<col>_idx")`` to join onto events.
+    "rare or new". Returns a frame ``(col, "<col>_idx", "<col>_count")`` (the train count, part of
+    the dataset's fingerprint) to join onto events.
     """
     counts = train.group_by(col, maintain_order=True).len()
-    values = counts.filter(pl.col("len") >= min_count).select(col)
-    return values.with_columns(pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"))
+    values = counts.filter(pl.col("len") >= min_count).select(col, pl.col("len").cast(pl.Int64).alias(f"{col}_count"))
+    return values.select(col, pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"), f"{col}_count")
 
 
 def encode(df: pl.DataFrame, vocab: pl.DataFrame, col: str) -> pl.Series:
     """Vocabulary index of every row of ``df[col]``; values missing from ``vocab`` map to OOV."""
-    out = df.select(col).join(vocab, on=col, how="left", maintain_order="left")
+    out = df.select(col).join(vocab.select(col, f"{col}_idx"), on=col, how="left", maintain_order="left")
     return out[f"{col}_idx"].fill_null(OOV).alias(f"{col}_idx")
 
 

@@ -143,6 +143,7 @@ def test_kuairand_sample_schema(kr: pl.DataFrame):
                                 "is_profile_enter")},
         "play_time": pl.Float64, "duration": pl.Float64, "register_days": pl.Int64,
         "user_active_degree": pl.String, "new_user": pl.String,
+        "_file_row": pl.UInt32, "_file": pl.Enum([str(KUAIRAND_SAMPLE / "log_likehate_kcore15.tsv.gz")]),
     })
     assert kuairand.task_columns(kr) == ["is_click", "long_view", "like", "is_follow", "is_comment",
                                          "is_forward", "is_profile_enter", "play_time"]
@@ -221,7 +222,8 @@ MAP = {"user_id": "uid", "item_id": "iid", "ts": "time", "click": "clicked"}
 
 
 def _check_round_trip(df: pl.DataFrame) -> None:
-    assert df.columns == ["user_id", "item_id", "ts", "click", "extra"]
+    assert df.columns == ["user_id", "item_id", "ts", "click", "extra", "_file_row", "_file"]
+    assert df["_file_row"].to_list() == [2, 3, 1]  # each event's data row in the file (sorted by ts here)
     assert df.schema["ts"] == pl.Int64
     assert df["ts"].to_list() == [1_700_000_000_000, 1_700_000_001_000, 1_700_000_002_000]
     assert df["user_id"].to_list() == [1, 2, 3] and df["extra"].to_list() == ["a", "b", "c"]

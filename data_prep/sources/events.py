@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from data_prep.schema import TS, SchemaError, with_file_rows
+from data_prep.schema import FILE, FILE_ROW, TS, SchemaError, with_file_rows
 
 TS_UNITS = ("ms", "s", "us", "ns", "datetime")
 MS_PER_UNIT = {"ms": 1.0, "s": 1_000.0, "us": 1e-3, "ns": 1e-6}
@@ -127,4 +127,4 @@ def load(path: str, columns: dict[str, str] | None = None, ts_unit: str = "ms",
     except SchemaError as err:
         raise SchemaError(f"{path}: {err} (file column '{columns.get(TS, TS)}')") from None
     first = [c for c in ("user_id", "item_id", TS) if c in df.columns]
-    return df.select(*first, pl.exclude(first)).sort(TS, maintain_order=True)
+    return df.select(*first, pl.exclude(*first, FILE_ROW, FILE), FILE_ROW, FILE).sort(TS, maintain_order=True)

@@ -103,5 +103,6 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
         events.join(features, on="user_id", how="left", maintain_order="left")  # deterministic tie order
         .with_columns(pl.col("user_active_degree").fill_null("UNKNOWN"), new_user)
         .sort("ts", "user_id", maintain_order=True)
+        .select(pl.exclude(FILE_ROW, FILE), FILE_ROW, FILE)
         .collect()
     )
