@@ -47,14 +47,13 @@ def check_split_sizes(ts: pl.Series, val_start: int, test_start: int, val_frac: 
         (pl.col(TS) >= test_start).sum().alias("test")).row(0, named=True)
     empty = [name for name, frac in (("val", val_frac), ("test", test_frac)) if frac and counts[name] == 0]
     if empty:
-        last = ts.max()
-        n_last = int((ts >= test_start).sum())
+        last = int(ts.max())
         raise SchemaError(
-            f"the time split leaves the {' and '.join(empty)} split(s) empty: cuts val_start={_when(val_start)}, "
-            f"test_start={_when(test_start)} give train {counts['train']:,}, val {counts['val']:,}, test "
-            f"{counts['test']:,} events ({n_last:,} events at or after test_start, the last at {_when(last)}: "
-            "many events share the last timestamps); change data.prep.val_frac / data.prep.test_frac, or check "
-            "the timestamps (data.source.ts_unit)")
+            f"the time split leaves the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} empty: cuts "
+            f"val_start={_when(val_start)}, test_start={_when(test_start)} give train {counts['train']:,}, val "
+            f"{counts['val']:,}, test {counts['test']:,} events ({int((ts == last).sum()):,} share the last "
+            f"timestamp {_when(last)}); change data.prep.val_frac / data.prep.test_frac, or check the timestamps "
+            "(data.source.ts_unit)")
 
 
 def label_ranges(df: pl.DataFrame, spec: EventSpec) -> pl.DataFrame:

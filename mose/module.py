@@ -194,8 +194,10 @@ class MultiTaskModule(pl.LightningModule):
             if (split, task) not in self._undefined_auc:
                 self._undefined_auc.add((split, task))
                 log.warning("task '%s': AUC and GAUC are undefined on the %s split (one class only among its "
-                            "labels, e.g. no positives): reported as nan and left out of %s/auc_mean",
-                            task, split, split)
+                            "labels, e.g. no positives): reported as nan and left out of %s/auc_mean%s",
+                            task, split, split, "" if values.get("auc_mean") == values.get("auc_mean") else
+                            f"; no task has a defined AUC, so {split}/auc_mean is nan and checkpoint selection "
+                            "and early stopping have nothing to go by")
 
     def _gate_diagnostics(self, split: str) -> dict[str, float]:
         """Gate diagnostics as flat metrics (see :class:`GateUsage`); heatmaps go to TensorBoard.
