@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -195,7 +196,7 @@ class MultiTaskModule(pl.LightningModule):
                 self._undefined_auc.add((split, task))
                 log.warning("task '%s': AUC and GAUC are undefined on the %s split (one class only among its "
                             "labels, e.g. no positives): reported as nan and left out of %s/auc_mean%s",
-                            task, split, split, "" if values.get("auc_mean") == values.get("auc_mean") else
+                            task, split, split, "" if not math.isnan(values.get("auc_mean", 0.0)) else
                             f"; no task has a defined AUC, so {split}/auc_mean is nan and checkpoint selection "
                             "and early stopping have nothing to go by")
 
