@@ -5,7 +5,7 @@ Computed at prep time from the fitted vocabulary frames (``fit_vocab``'s ``(col,
 (``MultiTaskModule`` hparam ``fingerprint``). ``mose-eval``, ``mose-predict`` and ``resume=`` compare
 the two with :func:`differences`, so a model never scores ids that now mean other users or items.
 
-    {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": "...", "counts_sha": "..."}, "item_id": ...},
+    {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": ..., "set_sha": ..., "counts_sha": ...}, "item_id": ...},
      "tasks": {"click": {"kind": "binary", "transform": "none"}, ...}}
 """
 
@@ -31,11 +31,13 @@ def _sha(prefix: str, values: pl.Series) -> str:
 
 
 def vocab_digest(vocab: pl.DataFrame, col: str) -> dict:
-    """``{size, dtype, sha, counts_sha}`` of one fitted vocabulary: its values in index order (``sha``) and
-    their train counts (``counts_sha``: ids permuted among users change it). ``size`` counts PAD and OOV."""
+    """``{size, dtype, sha, set_sha, counts_sha}`` of one fitted vocabulary: its values in index order
+    (``sha``), as a set (``set_sha``: sorted) and their train counts in index order (``counts_sha``: ids
+    permuted among users change it). ``size`` counts PAD and OOV."""
     vocab = vocab.sort(f"{col}_idx")
     kind = id_kind(vocab.schema[col])
-    out = {"size": vocab.height + 2, "dtype": kind, "sha": _sha(kind, vocab[col])}
+    out = {"size": vocab.height + 2, "dtype": kind, "sha": _sha(kind, vocab[col]),
+           "set_sha": _sha(kind, vocab[col].sort())}
     if f"{col}_count" in vocab.columns:
         out["counts_sha"] = _sha("counts", vocab[f"{col}_count"])
     return out
@@ -68,13 +70,15 @@ def differences(trained: dict, current: dict) -> list[str]:
             out.append(f"{vocab_name(col)}: only the {'dataset' if a is None else 'checkpoint'} has this vocabulary")
         elif a["dtype"] != b["dtype"]:
             out.append(f"{vocab_name(col)}: {a['dtype']} ids in the checkpoint, {b['dtype']} ids in the dataset")
+        elif a.get("set_sha", a["sha"]) != b.get("set_sha", b["sha"]):
+            out.append(f"{vocab_name(col)}: other ids ({a['size']:,} vocabulary entries in the checkpoint, "
+                       f"{b['size']:,} in the dataset)")
         elif a["sha"] != b["sha"]:
-            same = ", same size: ids renamed" if a["size"] == b["size"] else ""
-            out.append(f"{vocab_name(col)}: the vocabulary differs ({a['size']:,} entries in the checkpoint, "
-                       f"{b['size']:,} in the dataset{same})")
+            out.append(f"{vocab_name(col)}: the same ids at other indices (the training events changed order, "
+                       "e.g. ids permuted among users)")
         elif "counts_sha" in a and "counts_sha" in b and a["counts_sha"] != b["counts_sha"]:
-            out.append(f"{vocab_name(col)}: the same ids, but other train event counts per id (ids permuted "
-                       "among users or items, or other train events)")
+            out.append(f"{vocab_name(col)}: the same ids and indices, but other train event counts per id "
+                       "(ids permuted among users or items, or other train events)")
     if trained.get("tasks") != current.get("tasks"):
         out.append(f"task set: {_tasks(trained.get('tasks', {}))} in the checkpoint, "
                    f"{_tasks(current.get('tasks', {}))} in the dataset")
