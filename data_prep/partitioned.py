@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from data_prep.fingerprint import fingerprint
 from data_prep.prepare import (
     FORMAT_VERSION,
     _cohort_codes,
@@ -53,7 +54,6 @@ from data_prep.prepare import (
     manifest_fields,
     swap_in,
 )
-from data_prep.fingerprint import fingerprint
 from data_prep.schema import FILE, FILE_ROW, ITEM, TS, USER, EventSpec, SchemaError, validate
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,12 @@ def compose_with_output(config_name: str, overrides: list[str], output_dir: Path
     output_dir.mkdir(parents=True, exist_ok=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The ``error: ...`` line of a console script that refused its input: exit 2, no traceback."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), line
+    return line

@@ -10,6 +10,7 @@ Real console scripts (subprocesses) over one tiny model trained once for the mod
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_events
+from conftest import error_line, make_events
 
 from data_prep.fingerprint import differences, fingerprint
 from data_prep.schema import EventSpec
@@ -39,14 +40,6 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     exe = shutil.which(script)
     cmd = [exe] if exe else [sys.executable, "-m", SCRIPTS[script]]
     return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300, check=False)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), line
-    return line
 
 
 def the_log() -> pl.DataFrame:
@@ -155,14 +148,29 @@ def test_fingerprint_names_what_differs():
     users = events["user_id"].unique().sort()
     permuted = differences(base, fp(events.with_columns(pl.col("user_id").replace_strict(users, users.shuffle(seed=1)))))
     assert permuted[:2] == [  # (the items are first seen in another order: other indices, as for the devices)
-        "user ids (user_id): the same ids and indices, but other train event counts per id (ids permuted among "
-        "users or items, or other train events)",
-        "item ids (item_id): the same ids at other indices (the training events changed order, e.g. ids permuted "
-        "among users)"], permuted
+        ("user ids (user_id): the same ids and indices, but other train event counts per id (ids permuted among "
+         "users or items, or other train events)"),
+        ("item ids (item_id): the same ids at other indices (the training events changed order, e.g. ids permuted "
+         "among users)")], permuted
     other = EventSpec.from_config({"click": {"kind": "binary"}, "like": {"kind": "binary"}}, [])
     diffs = differences(base, fp(events, other))
     assert diffs == ["categorical 'device': only the checkpoint has this vocabulary",
                      "task set: click (binary) in the checkpoint, click (binary), like (binary) in the dataset"], diffs
+
+
+def test_checkpoints_from_before_fingerprints_warn_not_refuse(caplog):
+    from mose.callbacks import CheckpointError
+    from mose.compat import check_data_matches
+
+    spec = EventSpec.from_config({"click": {"kind": "binary"}})
+    manifest = {"fingerprint": fingerprint({}, spec)}
+    with caplog.at_level(logging.WARNING, logger="mose.compat"):
+        check_data_matches({"fingerprint": None}, manifest, "checkpoint old.ckpt", "data/x")
+    assert "checkpoint old.ckpt cannot be checked against the dataset data/x" in caplog.text
+    other = fingerprint({}, EventSpec.from_config({"click": {"kind": "regression"}}))
+    with pytest.raises(CheckpointError, match=r"task set: click \(binary\) in the checkpoint, click \(regression\)"):
+        check_data_matches({"fingerprint": other | {"tasks": manifest["fingerprint"]["tasks"]}}, {"fingerprint": other},
+                           "checkpoint new.ckpt", "data/x")
 
 
 def test_permuted_users_are_refused_by_eval_resume_and_predict(trained, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import make_events
+from conftest import error_line, make_events
 
 from data_prep.prepare import read_manifest
 
@@ -37,14 +37,6 @@ def prep_args(log: Path, tmp: Path, *extra: str, run: str = "run", tasks: str = 
 def run_prep(log: Path, tmp: Path, *extra: str, tasks: str = TASKS) -> subprocess.CompletedProcess:
     return subprocess.run(prep_command(*prep_args(log, tmp, *extra, tasks=tasks)), cwd=tmp, env=ENV, capture_output=True,
                           text=True, timeout=120, check=False)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), line
-    return line
 
 
 def assert_complete(root: Path) -> dict:
