@@ -30,6 +30,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data_prep.build import event_spec
+from mose.callbacks import cli_errors
+from mose.compat import check_resume
 from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
@@ -90,6 +92,13 @@ class MoseCLI(LightningCLI):
         parser.link_arguments("data", "model.task_stats", compute_fn=_task_stats, apply_on="instantiate")
         parser.link_arguments("data", "model.cohorts", compute_fn=_cohorts, apply_on="instantiate")
         parser.link_arguments("data", "model.fingerprint", compute_fn=_fingerprint, apply_on="instantiate")
+
+    def _check_checkpoint(self) -> None:
+        """``--ckpt_path``: the checkpoint must fit this model and its data (:func:`mose.compat.check_resume`:
+        model config, input sizes, tasks, vocabulary fingerprint, parameter shapes) before Lightning loads it."""
+        check_resume(self.config[self.subcommand].get("ckpt_path"), self.model, key="--ckpt_path")
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.enable_progress_bar=false`` also drops the default progress bar callback (Lightning
@@ -191,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(yaml.safe_dump(cli_config(hydra_config(args[1:]), default_output_dir()), sort_keys=False), end="")
         return
-    cli(argv)  # None: LightningCLI reads sys.argv itself
+    with cli_errors():  # a checkpoint that does not fit: error: ... and exit 2
+        cli(argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Does a checkpoint fit the data (and the run) it is about to be used with? Errors name what differs.
 
     check_data_matches(module.hparams, manifest, "checkpoint X", root)   # mose-eval, mose-predict
-    check_resume(ckpt_path, module)                                      # mose-train resume=...
+    check_resume(ckpt_path, module)                                      # mose-train resume=..., mose-cli
 
 Data: the checkpoint's ``fingerprint`` (:mod:`data_prep.fingerprint`) against the dataset's manifest,
 so renamed or re-assigned ids, other categorical columns or another task set are refused instead of
@@ -72,10 +72,11 @@ def _shape_differences(saved: Mapping, current: Mapping) -> list[str]:
     return out
 
 
-def check_resume(ckpt_path: str | Path | None, module: torch.nn.Module) -> None:
-    """Before ``trainer.fit(ckpt_path=...)``: refuse a checkpoint of another model, input sizes, vocabulary or
-    task set, naming what differs (not a state-dict size traceback). Config changes that still fit
-    every parameter (a dropout rate, say) only warn."""
+def check_resume(ckpt_path: str | Path | None, module: torch.nn.Module, key: str = "resume") -> None:
+    """Before ``trainer.fit(ckpt_path=...)`` (or ``test`` / ``predict``): refuse a checkpoint of another model,
+    input sizes, vocabulary or task set than ``module``'s, naming what differs (not a state-dict size
+    traceback); ``key`` is the option that named the checkpoint. Config changes that still fit every
+    parameter (a dropout rate, say) only warn."""
     if ckpt_path is None:
         return
     ckpt = load_checkpoint(ckpt_path)
@@ -88,15 +89,15 @@ def check_resume(ckpt_path: str | Path | None, module: torch.nn.Module) -> None:
         data.append(f"tasks: {sorted(_task_view(old.get('tasks')).items())} in the checkpoint, "
                     f"{sorted(_task_view(new.get('tasks')).items())} now")
     if old.get("fingerprint") is None or new.get("fingerprint") is None:
-        log.warning("resume=%s: no vocabulary fingerprint in the %s; cannot check the ids mean the same", ckpt_path,
+        log.warning("%s=%s: no vocabulary fingerprint in the %s; cannot check the ids mean the same", key, ckpt_path,
                     "checkpoint (made before mose stored one)" if old.get("fingerprint") is None else "dataset")
     else:
         data += [d for d in differences(old["fingerprint"], new["fingerprint"]) if not d.startswith("task set")]
     if shapes or data:
         listed = [*data, *configs, *shapes]
         more = f"; and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
-        raise CheckpointError(f"resume={ckpt_path}: the checkpoint does not fit this run: "
+        raise CheckpointError(f"{key}={ckpt_path}: the checkpoint does not fit this run: "
                               f"{'; '.join(listed[:MAX_LISTED])}{more}. Resume with the model and data config "
                               "it was trained with, or start a new run")
     for d in configs:
-        log.warning("resume=%s: %s (the parameters still fit; resuming)", ckpt_path, d)
+        log.warning("%s=%s: %s (the parameters still fit; going on)", key, ckpt_path, d)
