@@ -147,3 +147,19 @@ def test_prep_refuses_with_error_naming_it(case, tmp_path):
     assert all(w in line for w in words), line
     assert not (tmp_path / "data" / "events").exists()  # nothing written, not even half
     assert not [p.name for p in (tmp_path / "data").glob(".events.*") if not p.name.endswith(".lock")]
+
+
+def test_partitioned_prep_names_the_raw_file_and_row(tmp_path):
+    """The partitioned prep validates sorted partitions; its errors still name the raw file's own rows."""
+    from data_prep.partitioned import prepare_partitioned
+    from data_prep.schema import EventSpec, SchemaError
+
+    events = make_events(seed=2, n_users=40).with_columns(pl.col("click").cast(pl.Float64))
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    events.head(300).write_parquet(first)
+    events.slice(300).with_columns(pl.when(pl.int_range(pl.len()) == 2).then(7.0).otherwise(pl.col("click"))
+                                   .alias("click")).write_parquet(second)
+    with pytest.raises(SchemaError, match=r"'click' must hold 0/1: row 3: 7\.0 \(1-based data rows of .*b\.parquet\)"):
+        prepare_partitioned([first, second], EventSpec.from_config({"click": {"kind": "binary"}}), tmp_path / "out",
+                            n_partitions=3)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
