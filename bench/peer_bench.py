@@ -72,7 +72,7 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
     import pytorch_lightning as pl
 
     from data_prep.build import ensure_prepared, event_spec
-    from data_prep.prepare import read_manifest
+    from data_prep.dataset import read_manifest
     from mose.module import MultiTaskModule
     from mose.nn.embeddings import InputSpec
     from mose.train import build_datamodule

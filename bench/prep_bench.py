@@ -83,9 +83,10 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
     import polars as pl
 
     from data_prep.build import event_spec
+    from data_prep.options import PrepOptions
 
     data = data_config()
-    spec, prep = event_spec(data), data["prep"]
+    spec, prep = event_spec(data), PrepOptions.from_config(data["prep"])
     files = sorted(raw.glob("*.parquet"))
     timings: dict = {}
     start = time.perf_counter()
@@ -94,16 +95,16 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
 
         events = pl.read_parquet(files)
         timings["read"] = time.perf_counter() - start
-        prepare(events, spec, out, **prep)
+        prepare(events, spec, out, prep)
         n = events.height
         del events
     else:
         from data_prep.partitioned import prepare_partitioned
 
-        prepare_partitioned(files, spec, out, **prep, rows_per_partition=rows_per_partition, timings=timings)
+        prepare_partitioned(files, spec, out, prep, rows_per_partition=rows_per_partition, timings=timings)
         n = json.loads((out / "manifest.json").read_text())["n_events"]
     seconds = time.perf_counter() - start
-    size = sum(f.stat().st_size for f in out.iterdir())
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -113,8 +114,11 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
             "timings": timings}
 
 
-PHASES = {"data_prep.sequences": ["sort_events", "history_ends", "gather_windows", "stream_chunks"],
-          "data_prep.prepare": ["build_arrays", "_cohort_codes", "_personalization_codes", "write_dataset"]}
+PHASES = {"data_prep.sequences": ["sort_events", "prior_rows", "gather_windows", "stream_chunks"],
+          "data_prep.fit": ["fit"],
+          "data_prep.transform": ["transform", "cohort_codes", "personalization_codes"],
+          "data_prep.prepare": ["build_arrays"],
+          "data_prep.dataset": ["write_dataset"]}
 
 
 def profile(n: int) -> list[dict]:
@@ -131,6 +135,7 @@ def profile(n: int) -> list[dict]:
     import polars as pl
 
     from data_prep.build import event_spec
+    from data_prep.options import PrepOptions
 
     rows: dict[str, dict] = {}
 
@@ -151,17 +156,20 @@ def profile(n: int) -> list[dict]:
         return wrapper
 
     prepare_module = importlib.import_module("data_prep.prepare")
+    users = [m for name, m in list(sys.modules.items()) if name.startswith("data_prep")]
     for module_name, names in PHASES.items():
         module = importlib.import_module(module_name)
         for name in names:
-            wrapped = measured(name, getattr(module, name))
-            for target in (module, prepare_module):  # prepare.py imported the sequences functions by name
-                if hasattr(target, name):
+            original = getattr(module, name)
+            wrapped = measured(name, original)
+            for target in users:  # every module that imported the function by name
+                if getattr(target, name, None) is original:
                     setattr(target, name, wrapped)
     data = data_config()
     events = pl.read_parquet(sorted(raw_dir(n).glob("*.parquet")))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        measured("prepare (total)", prepare_module.prepare)(events, event_spec(data), Path(tmp) / "d", **data["prep"])
+        measured("prepare (total)", prepare_module.prepare)(events, event_spec(data), Path(tmp) / "d",
+                                                            PrepOptions.from_config(data["prep"]))
     return sorted(rows.values(), key=lambda r: -r["wall"])
 
 

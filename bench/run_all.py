@@ -298,9 +298,10 @@ medians) or as CPU time, mostly with one core busy with other jobs (1 torch thre
   (`new_user`, `activity`) are coded from `n_prior` directly, not through strings (4.4 -> 2.1 s at
   1e7). In-memory prep of 1e7 events: 26-29 s -> 19.8 s in the same session.
 - **Prep sort** (`sort_events`): one stable `np.lexsort` and one gather instead of
-  `DataFrame.sort([user, ts, _row])`: 0.45 s vs 1.23 s at 2e6 events, identical order.
+  `DataFrame.sort([user, ts, _row])`: 0.45 s vs 1.23 s at 2e6 events, identical order. On the sorted
+  rows, `n_prior` and `user_key` are run positions (`prior_rows`, `rle_id`), not a `rank` over users.
 - **Partitioned prep** (`data_prep/partitioned.py`): user-hash partitions, global time cuts and
-  train-only vocabularies from a first pass, per-partition `build_arrays` written at each user's
+  train-only vocabularies merged from per-partition fit statistics, per-partition `transform` written at each user's
   global rows into `np.lib.format.open_memmap` arrays, the per-stream arrays in blocks of users,
   an atomic rename; `tests/test_partitioned.py` checks array-by-array equality with the in-memory
   prep.

@@ -31,7 +31,9 @@ import yaml
 from torch import nn
 
 from data_prep.build import event_spec
-from data_prep.prepare import prepare, read_manifest
+from data_prep.dataset import read_manifest
+from data_prep.options import PrepOptions
+from data_prep.prepare import prepare
 from mose.data.datasets import StreamSplit
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
@@ -50,7 +52,7 @@ def prepared_sequential(out: Path, n_users: int) -> tuple[Path, dict]:
 
     data = load_yaml(ROOT / "conf/data/sequential.yaml")
     source = {k: v for k, v in data["source"].items() if k != "_target_"} | {"n_users": n_users}
-    root = prepare(generate(**source), event_spec(data), out, **data["prep"])
+    root = prepare(generate(**source), event_spec(data), out, PrepOptions.from_config(data["prep"]))
     return root, data
 
 

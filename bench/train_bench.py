@@ -55,7 +55,7 @@ def compose(name: str, data_dir: str, n_events: int) -> tuple[dict, dict]:
 
 def build(name: str, data_dir: str, n_events: int):
     from data_prep.build import ensure_prepared, event_spec
-    from data_prep.prepare import read_manifest
+    from data_prep.dataset import read_manifest
     from mose.module import MultiTaskModule
     from mose.nn.embeddings import InputSpec
     from mose.train import build_datamodule

@@ -13,7 +13,9 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from data_prep.prepare import config_hash, prepare, read_manifest
+from data_prep.dataset import FORMAT_VERSION, config_hash, load_fitted, read_manifest
+from data_prep.options import PrepOptions
+from data_prep.prepare import prepare
 from data_prep.schema import EventSpec, SchemaError, drop_duplicates
 
 try:
@@ -60,11 +62,9 @@ def check_labels_not_inputs(data: dict, spec: EventSpec) -> None:
                                   f"answer to the model; remove it from {key}")
 
 
-def prep_config(data: dict) -> dict:
+def prep_config(data: dict, spec: EventSpec, options: PrepOptions) -> dict:
     """The part of a data config that determines the prepared arrays (not batch sizes or loss weights)."""
-    spec = event_spec(data).to_dict()
-    spec["tasks"] = {t: {k: v for k, v in s.items() if k != "weight"} for t, s in spec["tasks"].items()}
-    return {"source": data["source"], "prep": data.get("prep", {}), "spec": spec}
+    return {"source": data["source"], "prep": options.to_dict(), "spec": spec.to_dict(weights=False)}
 
 
 def source_files_stamp(source: dict) -> list[list]:
@@ -114,22 +114,35 @@ def clean_stale(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def dataset_config(data: dict) -> dict:
+def dataset_config(data: dict, spec: EventSpec | None = None, options: PrepOptions | None = None) -> dict:
     """What a prepared dataset's ``config_hash`` covers: :func:`prep_config` and the source files' stamps."""
-    return {**prep_config(data), "source_files": source_files_stamp(data["source"])}
+    spec = spec or event_spec(data)
+    options = options or PrepOptions.from_config(data.get("prep"))
+    return {**prep_config(data, spec, options), "source_files": source_files_stamp(data["source"])}
 
 
 def holds_dataset(out: Path, config: dict) -> bool:
-    """Whether ``out`` holds the dataset prepared from ``config`` (:func:`dataset_config`), up to date."""
-    return (out / "manifest.json").is_file() and read_manifest(out).get("config_hash") == config_hash(config)
+    """Whether ``out`` holds the dataset prepared from ``config`` (:func:`dataset_config`), up to date (and in
+    this code's ``FORMAT_VERSION``)."""
+    if not (out / "manifest.json").is_file():
+        return False
+    manifest = read_manifest(out)
+    return manifest.get("format") == FORMAT_VERSION and manifest.get("config_hash") == config_hash(config)
+
+
+def transformed_with(out: Path) -> str | None:
+    """The prepared folder whose fit transformed the dataset at ``out`` (``mose-prep fit_from=``), if any."""
+    return (read_manifest(out).get("fit") or {}).get("from") if (out / "manifest.json").is_file() else None
 
 
 def check_dataset_dir(data: dict, key: str) -> None:
-    """For a ``<key>=<dir>`` override (``mose-eval`` / ``mose-predict`` ``data_dir``): ``dir`` must be new, empty,
-    or hold this very dataset; anything else there (another dataset, other files) is never overwritten.
+    """For a ``<key>=<dir>`` override (``mose-eval`` ``data_dir``): ``dir`` must be new, empty, hold this very
+    dataset, or a later log transformed with an earlier fit (``fit_from``, used as it is); anything else
+    there (another dataset, other files) is never overwritten.
     """
     out = Path(data["dir"])
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())) or holds_dataset(out, dataset_config(data)):
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())) or holds_dataset(out, dataset_config(data)) \
+            or transformed_with(out):
         return
     what = ("a dataset prepared from another config or other source files" if (out / "manifest.json").is_file()
             else "files that are not a prepared dataset" if out.is_dir() else "a file, not a folder")
@@ -151,17 +164,30 @@ def load_events(source: dict):
         raise
 
 
-def ensure_prepared(data: dict, force: bool = False) -> Path:
+def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None = None) -> Path:
     """Prepare ``data["dir"]`` from ``data["source"]`` unless a dataset with the same config is there.
 
+    ``fit_from`` (a prepared folder): transform the events with its fitted state, every event in
+    the test split (``mose-prep fit_from=``). A dataset made that way is used as it is by a call
+    without ``fit_from`` (``mose-eval data_dir=<it>``), never rebuilt from the checkpoint's source.
     Exact duplicate events are dropped (their count is logged). Runs under :func:`dataset_lock`,
     after :func:`clean_stale`; the dataset itself is swapped in atomically by ``write_dataset``.
     """
     out = Path(data["dir"])
     spec = event_spec(data)
-    config = dataset_config(data)
+    options = PrepOptions.from_config(data.get("prep"))
+    config = dataset_config(data, spec, options)
+    if fit_from is not None:
+        if Path(fit_from).resolve() == out.resolve():
+            raise SchemaError(f"fit_from={fit_from} is the output folder data.dir: set data.dir to another folder")
+        fitted = load_fitted(fit_from)
+        fitted.check_compatible(spec, options)  # before reading a large log
+        config["fit_from"] = {"dir": str(fit_from), "fingerprint": fitted.fingerprint()}
     with dataset_lock(out):
         clean_stale(out)
+        if not force and fit_from is None and transformed_with(out):
+            log.info("using %s as it is: transformed with the fit of %s", out, transformed_with(out))
+            return out
         if not force and holds_dataset(out, config):
             return out
         start = time.perf_counter()
@@ -172,6 +198,6 @@ def ensure_prepared(data: dict, force: bool = False) -> Path:
         if n_dup:
             log.warning("dropped %d exact duplicate event row(s) (same value in every column); %d left",
                         n_dup, events.height)
-        prepare(events, spec, out, **data.get("prep", {}), config=config)
+        prepare(events, spec, out, options, config=config, fit_from=fit_from)
         log.info("prepared %s in %.1fs", out, time.perf_counter() - start)
     return out

@@ -1,5 +1,12 @@
 """``mose-prep``: raw events -> prepared dataset, as configured by ``conf/prep.yaml`` and its data group.
 
+    mose-prep data=events data.source.path=day1.csv                      # fit on train, transform
+    mose-prep data=events data.source.path=day2.csv data.dir=outputs/data/day2 fit_from=outputs/data/events
+
+``fit_from=<prepared folder>`` transforms the log with that folder's fitted state (vocabularies,
+stats): every event is in the test split and ids unseen by the fit map to OOV, so ``mose-eval
+ckpt_path=... data_dir=outputs/data/day2`` scores a model trained on the first folder on all of it.
+
 Bad input stops with ``error: <what, which column, which rows>`` on stderr and exit status 2
 (set ``MOSE_TRACEBACK=1`` to see the traceback as well).
 """
@@ -14,9 +21,9 @@ import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import ensure_prepared
-from data_prep.prepare import read_manifest
+from data_prep.dataset import read_manifest
+from data_prep.paths import CONF_DIR
 from data_prep.schema import SchemaError
-from mose.paths import CONF_DIR
 
 EXIT_BAD_INPUT = 2
 
@@ -36,7 +43,7 @@ def fail(err: BaseException) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         data = OmegaConf.to_container(cfg.data, resolve=True)
-        out = ensure_prepared(data, force=cfg.force)
+        out = ensure_prepared(data, force=cfg.force, fit_from=cfg.get("fit_from"))
     except (SchemaError, ValueError, pl.exceptions.PolarsError, OSError) as err:
         fail(err)
     m = read_manifest(out)

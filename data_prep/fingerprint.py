@@ -1,9 +1,10 @@
 """A content fingerprint of a prepared dataset's fitted vocabularies and task set.
 
-Computed at prep time from the fitted vocabulary frames (``fit_vocab``'s ``(col, "<col>_idx",
-"<col>_count")``) and the task specs, written to ``manifest.json`` (``fingerprint``) and stored in every checkpoint
-(``MultiTaskModule`` hparam ``fingerprint``). ``mose-eval``, ``mose-predict`` and ``resume=`` compare
-the two with :func:`differences`, so a model never scores ids that now mean other users or items.
+Computed from the fitted state (:meth:`data_prep.fit.FittedState.fingerprint`: its vocabularies
+``(col, "count")`` in index order and its task specs), written to ``manifest.json`` (``fingerprint``)
+and stored in every checkpoint (``MultiTaskModule`` hparam ``fingerprint``). ``mose-eval``,
+``mose-predict`` and ``resume=`` compare the two with :func:`differences`, so a model never scores
+ids that now mean other users or items.
 
     {"vocab": {"user_id": {"size": 302, "dtype": "integer", "sha": ..., "set_sha": ..., "counts_sha": ...}, "item_id": ...},
      "tasks": {"click": {"kind": "binary", "transform": "none"}, ...}}
@@ -16,6 +17,7 @@ import hashlib
 import polars as pl
 
 from data_prep.schema import ITEM, USER, EventSpec, id_kind
+from data_prep.vocab import FIRST
 
 CHUNK = 1 << 20  # values hashed per step (bounded memory for large vocabularies)
 
@@ -31,21 +33,18 @@ def _sha(prefix: str, values: pl.Series) -> str:
 
 
 def vocab_digest(vocab: pl.DataFrame, col: str) -> dict:
-    """``{size, dtype, sha, set_sha, counts_sha}`` of one fitted vocabulary: its values in index order
-    (``sha``), as a set (``set_sha``: sorted) and their train counts in index order (``counts_sha``: ids
-    permuted among users change it). ``size`` counts PAD and OOV."""
-    vocab = vocab.sort(f"{col}_idx")
+    """``{size, dtype, sha, set_sha, counts_sha}`` of one fitted vocabulary ``(col, "count")`` in index order:
+    its values in that order (``sha``), as a set (``set_sha``: sorted) and their train counts
+    (``counts_sha``: ids permuted among users change it). ``size`` counts PAD and OOV."""
     kind = id_kind(vocab.schema[col])
-    out = {"size": vocab.height + 2, "dtype": kind, "sha": _sha(kind, vocab[col]),
-           "set_sha": _sha(kind, vocab[col].sort())}
-    if f"{col}_count" in vocab.columns:
-        out["counts_sha"] = _sha("counts", vocab[f"{col}_count"])
-    return out
+    return {"size": vocab.height + FIRST, "dtype": kind, "sha": _sha(kind, vocab[col]),
+            "set_sha": _sha(kind, vocab[col].sort()), "counts_sha": _sha("counts", vocab["count"])}
 
 
 def fingerprint(vocabs: dict[str, pl.DataFrame], spec: EventSpec) -> dict:
-    """The fingerprint of a dataset from its vocabularies ``{col: frame}`` (user, item, each categorical)
-    and its task specs (names, kinds, transforms; not the loss weights)."""
+    """The fingerprint of a dataset from its fitted vocabularies ``{col: (col, "count")}`` (user, item, each
+    categorical; :attr:`data_prep.fit.FittedState.vocabs`) and its task specs (names, kinds, transforms;
+    not the loss weights)."""
     return {"vocab": {col: vocab_digest(v, col) for col, v in vocabs.items()},
             "tasks": {t.name: {"kind": t.kind, "transform": t.transform} for t in spec.tasks}}
 

@@ -80,9 +80,16 @@ class EventSpec:
     def binary_tasks(self) -> list[str]:
         return [t.name for t in self.tasks if t.kind == "binary"]
 
-    def to_dict(self) -> dict:
+    @property
+    def binary_index(self) -> list[int]:
+        """Positions of the binary tasks among all tasks (their columns of ``labels``)."""
+        return [i for i, t in enumerate(self.tasks) if t.kind == "binary"]
+
+    def to_dict(self, weights: bool = True) -> dict:
+        """Plain data; ``weights=False`` leaves out the loss weights (the prepared arrays do not depend on them)."""
+        drop = {"name"} if weights else {"name", "weight"}
         return {
-            "tasks": {t.name: {k: v for k, v in asdict(t).items() if k != "name"} for t in self.tasks},
+            "tasks": {t.name: {k: v for k, v in asdict(t).items() if k not in drop} for t in self.tasks},
             "categorical": list(self.categorical),
             "numeric": list(self.numeric),
             "cohorts": list(self.cohorts),
@@ -228,18 +235,20 @@ def id_kind(dtype: pl.DataType) -> str:
 
 
 def validate_candidates(df: pl.DataFrame, categorical: list[str], numeric: list[str],
-                        id_kinds: dict[str, str] | None = None) -> None:
+                        id_kinds: dict[str, str] | None = None, others: list[str] | tuple[str, ...] = ()) -> None:
     """Check candidate events for scoring like :func:`validate` checks events (labels are not needed).
 
-    Columns ``user_id``, ``item_id``, ``ts`` and the model's ``categorical`` / ``numeric`` features must
-    be there, ids and categorical values not null, timestamps integer ms in range, numerics finite
-    (nulls allowed). ``id_kinds`` (``{column: "integer" | "string"}``, the trained vocabularies' kinds)
-    refuses ids of the other kind, which would silently all be unknown. Ids the vocabulary lacks are
-    fine: they score as unknown (the OOV index).
+    Columns ``user_id``, ``item_id``, ``ts``, the model's ``categorical`` / ``numeric`` features and
+    ``others`` (the personalization-code columns, nulls allowed) must be there, ids and categorical
+    values not null, timestamps integer ms in range, numerics finite (nulls allowed). ``id_kinds``
+    (``{column: "integer" | "string"}``, the trained vocabularies' kinds) refuses ids of the other
+    kind, which would silently all be unknown. Ids the vocabulary lacks are fine: they score as
+    unknown (the OOV index).
     """
     if df.height == 0:
         raise SchemaError("the candidates are empty: no rows to score")
-    missing = [c for c in [USER, ITEM, TS, *categorical, *numeric] if c not in df.columns]
+    needed = [USER, ITEM, TS, *categorical, *numeric]
+    missing = [c for c in dict.fromkeys([*needed, *others]) if c not in df.columns]
     if missing:
         raise SchemaError(f"candidates lack column(s) {missing} (the model was trained with them); "
                           f"they have {event_columns(df)}")

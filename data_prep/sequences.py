@@ -1,8 +1,8 @@
 """Leakage-free histories: what a user did strictly before each event.
 
-Events must be sorted by ``(user, ts)``. ``rank("min")`` over the user counts only events with
-a strictly smaller timestamp, so events that share a timestamp never see each other (a plain
-``shift`` over the user would leak them).
+Events are sorted by ``(user, ts, _row)``. An event's history ends at the first row of its
+``(user, ts)`` tie, so events that share a timestamp never see each other (a plain ``shift`` over
+the user would leak them), and its past-only count is the number of the user's rows before that.
 """
 
 from __future__ import annotations
@@ -21,45 +21,51 @@ LAYOUTS = ("per_event", "per_stream")  # how a model reads a prepared dataset; t
 WINDOWS = ("chunks", "next_step")  # per-stream windows: prepared chunks, or one per scored event; default first
 
 
-def prior_count_expr() -> pl.Expr:
-    """Number of the user's events strictly before this one (past only): ``rank("min") - 1``."""
-    return (pl.col(TS).rank("min").over(USER) - 1).cast(pl.Int64).alias("n_prior")
+def log2_bucket(x: pl.Expr) -> pl.Expr:
+    """``floor(log2(x + 1))`` capped at ``N_PRIOR_BUCKETS - 1``: 0 for 0, 1 for 1, 2 for 2-3, ... (Int64)."""
+    return (x + 1).log(2).floor().clip(0, N_PRIOR_BUCKETS - 1).cast(pl.Int64)
 
 
 def prior_bucket_expr() -> pl.Expr:
     """Log2 bucket of ``n_prior``: 0 for none, 1 for one, 2 for 2-3, ... capped at 15."""
-    return (
-        (pl.col("n_prior") + 1).log(2).floor().clip(0, N_PRIOR_BUCKETS - 1).cast(pl.Int64).alias("prior_bucket")
-    )
+    return log2_bucket(pl.col("n_prior")).alias("prior_bucket")
 
 
-def user_run_starts(users: pl.Series) -> np.ndarray:
-    """For a column sorted so that equal values are adjacent: the first row of each row's run ``(N,)``."""
-    run = users.rle_id().to_numpy()
+def user_runs(users: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """For a column sorted so that equal values are adjacent: each row's run number and its run's first row, ``(N,)`` each."""
+    run = users.rle_id().to_numpy().astype(np.int64)
     first = np.flatnonzero(np.diff(run, prepend=-1) != 0)
-    return first[run].astype(np.int64)
+    return run, first[run].astype(np.int64)
 
 
 def sort_events(events: pl.DataFrame) -> pl.DataFrame:
-    """``events`` with a ``_row`` index (original order), sorted by ``(user, ts, _row)``.
+    """``events`` sorted by ``(user, ts, _row)``, ``_row`` the input order (added if absent).
 
     Integer user ids and timestamps sort with one stable ``np.lexsort`` and a single gather (about
-    2.5x faster than the multi-column ``DataFrame.sort``); other id types use Polars.
+    2.5x faster than the multi-column ``DataFrame.sort``); other id types use Polars. Rows given with
+    ``_row`` must be in ``_row`` order (a partition of the log is).
     """
-    df = events.with_row_index("_row")
+    df = events if "_row" in events.columns else events.with_row_index("_row")
     if df.schema[USER].is_integer() and df.schema[TS].is_integer():
         order = np.lexsort((df[TS].to_numpy(), df[USER].to_numpy()))  # stable: ties keep row order
         return df[order]
     return df.sort([USER, TS, "_row"])
 
 
-def history_ends(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each event's history as a row range: ``(ends, n_prior)``, the history being rows
-    ``[ends - n_prior, ends)`` of ``df`` (sorted by ``(user, ts)``, with ``n_prior``): the user's
-    events strictly before it, so same-timestamp events are excluded.
+def prior_rows(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's history as a row range ``(ends, n_prior)``, ``(N,)`` each, of a frame sorted by ``(user, ts)``.
+
+    The history is rows ``[ends - n_prior, ends)``: the user's events strictly before it, so events
+    that share a timestamp never see each other (``ends`` is the first row of the event's
+    ``(user, ts)`` tie; a ``shift`` over the user would leak the ties). ``n_prior`` counts only the
+    past, ``rank("min").over(user) - 1``, in one pass instead of a sort per user.
     """
-    n_prior = df["n_prior"].to_numpy()
-    return user_run_starts(df[USER]) + n_prior, n_prior
+    run, user_start = user_runs(df[USER])
+    ts = df[TS].to_numpy()
+    new_tie = np.ones(len(ts), dtype=bool)
+    new_tie[1:] = (run[1:] != run[:-1]) | (ts[1:] != ts[:-1])
+    ends = np.maximum.accumulate(np.where(new_tie, np.arange(len(ts)), 0))
+    return ends, ends - user_start
 
 
 def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, length: int, pad=PAD) -> np.ndarray:
@@ -86,13 +92,6 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     return out.view(values.dtype).reshape((n, length, *rest))
 
 
-def gather_history(values: np.ndarray, pos: np.ndarray, valid: np.ndarray, pad=PAD) -> np.ndarray:
-    """``values[pos]`` with padding where not ``valid``: ``(N, ...) -> (N, length, ...)``."""
-    out = np.take(values, pos, axis=0)
-    out[~valid] = pad  # in place: padding is rare, a full np.where copy is not
-    return out
-
-
 def stream_chunks(user_offsets: np.ndarray, length: int, overlap: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cut each user's time-ordered events into chunks of ``length`` steps.
 
@@ -100,10 +99,8 @@ def stream_chunks(user_offsets: np.ndarray, length: int, overlap: int = 0) -> tu
     time) and the total count. Chunks start every ``length - overlap`` events; the first
     ``overlap`` steps of every chunk but a user's first are context only (already scored in the
     previous chunk). Returns ``rows (n_chunks, length)`` (-1 = padding) and ``scored`` ``(n_chunks,
-    length)``: every event is scored in exactly one chunk.
+    length)``: every event is scored in exactly one chunk. ``0 <= overlap < length`` (``PrepOptions`` checks it).
     """
-    if not 0 <= overlap < length:
-        raise ValueError(f"prep.stream_overlap={overlap} must be >= 0 and < prep.stream_len={length}")
     stride = length - overlap
     sizes = np.diff(user_offsets)
     n_chunks = 1 + np.ceil(np.maximum(sizes - length, 0) / stride).astype(np.int64)

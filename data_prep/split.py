@@ -22,10 +22,8 @@ def time_cuts(ts: pl.Series, val_frac: float, test_frac: float) -> tuple[int, in
     """Cut points ``(val_start, test_start)`` at the global time quantiles ``1-val-test`` and ``1-test``.
 
     An event at time ``t`` is train if ``t < val_start``, val if ``t < test_start``, else test,
-    so the three splits are disjoint in time.
+    so the three splits are disjoint in time. The fractions are checked by ``PrepOptions``.
     """
-    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise SchemaError(f"prep.val_frac={val_frac} and prep.test_frac={test_frac} must be >= 0 and sum below 1")
     val_start = int(ts.quantile(1 - val_frac - test_frac, "lower")) if val_frac + test_frac else int(ts.max()) + 1
     test_start = int(ts.quantile(1 - test_frac, "lower")) if test_frac else int(ts.max()) + 1
     if val_frac and val_start == ts.min():

@@ -1,35 +1,82 @@
-"""Vocabularies and normalisation statistics, fitted on the train split only."""
+"""Vocabularies and standardisation moments, fitted on the train split only, in mergeable pieces.
+
+The index constants of every encoded column live here (the models read them too):
+
+    PAD = 0       history padding (``hist_item``); also "no value" in embeddings with a padding row
+    OOV = 1       ids unseen in train (or rarer than ``min_count``): a trained row, not a random one
+    FIRST = 2     the first index of a known id; a vocabulary of n values has n + 2 rows
+    UNSEEN = 0    a string personalization-code value unseen in train (known values start at 1)
+    NO_COHORT = -1  a cohort value outside the fitted names (fit_from / serving): in no cohort's metrics
+
+A vocabulary is fitted from per-partition counts (:func:`vocab_counts`, then
+:func:`merge_vocab`), so one partition and many give the same vocabulary.
+"""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import polars as pl
 
-PAD, OOV = 0, 1  # index 0 pads histories, 1 holds ids unseen in train; known ids start at 2
+from data_prep.schema import TS, USER
+
+PAD, OOV, FIRST = 0, 1, 2
+UNSEEN = 0
+NO_COHORT = -1
+KEY = ("_ku", "_kt", "_kr")  # first-seen key of a value: (user, ts, _row) of its first train row
 
 
-def fit_vocab(train: pl.DataFrame, col: str, min_count: int = 1) -> pl.DataFrame:
-    """Map each train value of ``col`` seen at least ``min_count`` times to an index >= 2, in first-seen order.
+def vocab_counts(train: pl.DataFrame, col: str) -> pl.DataFrame:
+    """Per value of ``col`` in ``train`` (sorted by user, ts, ``_row``): its count ``_n`` and first-seen key."""
+    return train.group_by(col, maintain_order=True).agg(
+        pl.len().alias("_n"), pl.col(USER).first().alias(KEY[0]), pl.col(TS).first().alias(KEY[1]),
+        pl.col("_row").first().cast(pl.UInt64).alias(KEY[2]))
 
-    Rarer values share the OOV index with unseen ones, so OOV is trained and stands for
-    "rare or new". Returns a frame ``(col, "<col>_idx", "<col>_count")`` (the train count, part of
-    the dataset's fingerprint) to join onto events.
+
+def merge_vocab(counts: list[pl.DataFrame], col: str, min_count: int = 1) -> pl.DataFrame:
+    """The vocabulary of ``col``: ``(col, "count")``, the values seen at least ``min_count`` times in train
+    by first appearance, and their train counts.
+
+    A value's index is ``FIRST`` + its row: rarer values share OOV with unseen ones, so OOV is
+    trained and stands for "rare or new".
     """
-    counts = train.group_by(col, maintain_order=True).len()
-    values = counts.filter(pl.col("len") >= min_count).select(col, pl.col("len").cast(pl.Int64).alias(f"{col}_count"))
-    return values.select(col, pl.int_range(2, values.height + 2, dtype=pl.Int64).alias(f"{col}_idx"), f"{col}_count")
+    merged = pl.concat(counts)
+    if len(counts) > 1:  # one partition is already in first-seen order
+        merged = (merged.sort(list(KEY)).group_by(col, maintain_order=True)
+                  .agg(pl.col("_n").sum(), *[pl.col(k).first() for k in KEY]))
+    return merged.filter(pl.col("_n") >= min_count).select(col, pl.col("_n").cast(pl.Int64).alias("count"))
 
 
-def encode(df: pl.DataFrame, vocab: pl.DataFrame, col: str) -> pl.Series:
-    """Vocabulary index of every row of ``df[col]``; values missing from ``vocab`` map to OOV."""
-    out = df.select(col).join(vocab.select(col, f"{col}_idx"), on=col, how="left", maintain_order="left")
-    return out[f"{col}_idx"].fill_null(OOV).alias(f"{col}_idx")
+def encode(values: pl.Series, vocab: pl.Series) -> np.ndarray:
+    """Vocabulary index ``(N,)`` int64 of each value; values missing from ``vocab`` (or of another type) map to OOV."""
+    table = pl.DataFrame({"_v": vocab, "_i": pl.int_range(FIRST, len(vocab) + FIRST, dtype=pl.Int64, eager=True)})
+    keys = pl.DataFrame({"_v": values.cast(vocab.dtype, strict=False)})
+    return keys.join(table, on="_v", how="left", maintain_order="left")["_i"].fill_null(OOV).to_numpy()
 
 
-def fit_standardizer(train: pl.DataFrame, cols: list[str]) -> dict[str, tuple[float, float]]:
-    """Mean and standard deviation (>0) of each numeric column on train."""
-    stats = {}
-    for c in cols:
-        x = train[c].cast(pl.Float64)
-        mean, std = x.mean(), x.std()
-        stats[c] = (float(mean or 0.0), float(std) if std and std > 0 else 1.0)
-    return stats
+def moments(x: pl.Series) -> tuple[int, float, float]:
+    """``(n, mean, M2)`` of the non-null values (Chan et al.'s parallel variance merges them)."""
+    x = x.cast(pl.Float64).drop_nulls()
+    if len(x) == 0:
+        return 0, 0.0, 0.0
+    mean = float(x.mean())
+    return len(x), mean, float(((x - mean) ** 2).sum())
+
+
+def merge_moments(parts: list[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """The ``(n, mean, M2)`` of the union of parts."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        delta, tot = mb - mean, n + nb
+        mean, m2, n = mean + delta * nb / tot, m2 + m2b + delta * delta * n * nb / tot, tot
+    return n, mean, m2
+
+
+def standardizer(m: tuple[int, float, float]) -> dict[str, float]:
+    """``{mean, std}`` from moments: the sample std (ddof=1); 0 / 1 where undefined or zero."""
+    n, mean, m2 = m
+    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
+    return {"mean": float(mean) if n else 0.0, "std": std if std > 0 else 1.0}

@@ -30,12 +30,12 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data_prep.build import event_spec
+from data_prep.paths import CONF_DIR
 from mose.callbacks import cli_errors
 from mose.compat import check_resume
 from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
-from mose.paths import CONF_DIR
 
 
 class ParquetPredictionWriter(BasePredictionWriter):

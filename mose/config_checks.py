@@ -9,8 +9,8 @@ validated (``data_prep.schema.validate``), before training, and name ``data.task
 
 from __future__ import annotations
 
+import functools
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data_prep.build import event_spec
+from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
 from mose.callbacks import NONFINITE_MODES
@@ -103,18 +104,14 @@ def _check_value(path: str, key: str, value: Any) -> None:
             raise ConfigError(f"{path}={value}: sizes must be positive integers (got {bad[0]})")
 
 
-def _positive(path: str, value: Any, integer: bool = True, allow_zero: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        what = "an integer" if integer else "a number"
-        raise ConfigError(f"{path}={value}: must be {what} {'>= 0' if allow_zero else '> 0'}")
+_positive = functools.partial(check_number, error=ConfigError)  # (path, value, integer=True, allow_zero=False)
 
 
 def check_data(data: Mapping) -> None:
-    """Tasks, feature lists, layout and prep sizes of a data config (before any data is read)."""
+    """Tasks, features, layout, batch sizes and prep options (``PrepOptions``) of a data config, before any data is read."""
     try:
         event_spec(dict(data))
+        PrepOptions.from_config(data.get("prep"))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
     for key, allowed in (("layout", LAYOUTS), ("windows", WINDOWS)):
@@ -125,21 +122,6 @@ def check_data(data: Mapping) -> None:
             _positive(f"data.{key}", data[key])
     if data.get("num_workers") is not None:
         _positive("data.num_workers", data["num_workers"], allow_zero=True)
-    prep = dict(data.get("prep") or {})
-    for key in ("history_len", "stream_len", "min_count"):
-        if key in prep:
-            _positive(f"data.prep.{key}", prep[key])
-    for key in ("new_user_max_prior", "stream_overlap"):
-        if key in prep:
-            _positive(f"data.prep.{key}", prep[key], allow_zero=True)
-    if "stream_overlap" in prep and "stream_len" in prep and prep["stream_overlap"] >= prep["stream_len"]:
-        raise ConfigError(f"data.prep.stream_overlap={prep['stream_overlap']}: must be less than "
-                          f"data.prep.stream_len={prep['stream_len']}")
-    fracs = {k: prep[k] for k in ("val_frac", "test_frac") if k in prep}
-    for key, value in fracs.items():
-        _positive(f"data.prep.{key}", value, integer=False)
-    if sum(fracs.values()) >= 1:
-        raise ConfigError(f"data.prep.val_frac + data.prep.test_frac = {sum(fracs.values())}: must be < 1")
 
 
 def check_config(cfg: DictConfig | Mapping) -> None:

@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from data_prep.build import check_dataset_dir
+from data_prep.paths import CONF_DIR
 from mose.callbacks import cli_errors
 from mose.compat import check_data_matches
-from mose.paths import CONF_DIR
 from mose.predict import load_module
 from mose.results import summary, write_metrics
 from mose.train import build_datamodule

@@ -7,23 +7,28 @@ The exported graph takes the batch fields listed in ``<out>.json`` (``inputs``: 
 with ``B`` the batch axis), positionally in that order (ONNX: by ``onnx_name``, ``input_<field>``), and returns predictions ``(B, T)`` (per-stream
 models: ``(B, S, T)``, read at the scored steps ``mask``): probabilities for binary tasks, target-scale
 values for regression tasks (log1p scale where the task is log1p-transformed), tasks in ``tasks`` order.
-Feed it the arrays ``mose.predict.CandidateEncoder`` builds (the preprocessing is not in the graph).
+Feed it the arrays ``data_prep.transform.transform`` builds (the preprocessing is not in the graph). The
+fitted state ships beside it in ``<out>.vocab/`` (a copy of the prepared folder's ``fit/``: ``fit.json``
+and one Parquet per vocabulary, columns ``value`` -> ``index``), so a serving process outside Python
+can map raw ids to the indices the graph takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from data_prep.build import ensure_prepared
+from data_prep.dataset import FIT_DIR, load_fitted
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
 from mose.module import MultiTaskModule, stacked_logits, to_predictions
-from mose.predict import load_module
+from mose.predict import load_module, prepared_root
 
 FORMATS = ("torchscript", "onnx")
 
@@ -46,9 +51,8 @@ class ScoringModel(nn.Module):
 
 def example_batch(module: MultiTaskModule, size: int = 64, split: str = "test") -> dict[str, torch.Tensor]:
     """A batch of ``size`` events (per-stream: windows) of the checkpoint's prepared dataset."""
-    data = dict(module.hparams.data)
-    root = ensure_prepared(data)
-    per_stream = loader_settings(data)["layout"] == "per_stream"
+    root = prepared_root(module)
+    per_stream = loader_settings(module.hparams.data)["layout"] == "per_stream"
     ds = StreamSplit(root, split, "next_step") if per_stream else EventSplit(root, split)
     return ds.__getitems__(list(range(min(size, len(ds)))))
 
@@ -96,7 +100,19 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
                    for f, n in zip(fields, onnx_input_names(fields))],
     }
     Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
+    copy_vocab(prepared_root(module), Path(f"{out}.vocab"))
     return out
+
+
+def copy_vocab(root: Path, dest: Path) -> Path:
+    """Copy the fitted state of the prepared folder ``root`` to ``dest`` (temp name, then renamed)."""
+    load_fitted(root)  # refuses a folder of an older format, without a fit
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / FIT_DIR, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or Path(args.ckpt).with_name("model.pt" if args.format == "torchscript" else "model.onnx")
     path = export(args.ckpt, out, args.format)
-    print(f"exported {args.format}: {path} (inputs: {path}.json)")
+    print(f"exported {args.format}: {path} (inputs: {path}.json, vocabularies: {path}.vocab/)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from data_prep.prepare import NEW_USER
+from data_prep.fit import NEW_USER
 from mose.metrics import COHORTS, REPORT, metric_spec, shown_in
 from mose.plots import gate_heatmap
 

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from data_prep.prepare import NEW_USER
+from data_prep.fit import NEW_USER
 from mose.metrics import COHORTS, SUMMARY, metric_spec, shown_in
 
 

@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.build import event_spec
+from data_prep.paths import CONF_DIR
 from mose.callbacks import cli_errors, find_resume_checkpoint
 from mose.compat import check_resume
 from mose.config_checks import check_config
 from mose.data.datamodule import EventDataModule, loader_settings
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
-from mose.paths import CONF_DIR
 from mose.results import summary, write_metrics
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from data_prep.prepare import prepare, read_manifest
+from data_prep.dataset import read_manifest
+from data_prep.options import PrepOptions
+from data_prep.paths import CONF_DIR
+from data_prep.prepare import prepare
 from data_prep.schema import EventSpec
-from mose.paths import CONF_DIR
 
 N_USERS, N_ITEMS = 300, 60
 T0 = 1_700_000_000_000  # ms
@@ -103,14 +105,14 @@ def spec() -> EventSpec:
     return EventSpec.from_config(TASKS, CATEGORICAL, NUMERIC, COHORTS)
 
 
-PREP = dict(history_len=5, val_frac=0.1, test_frac=0.1, new_user_max_prior=5, stream_len=8, stream_overlap=2,
-            min_count=1)
+PREP = PrepOptions(history_len=5, val_frac=0.1, test_frac=0.1, new_user_max_prior=5, stream_len=8, stream_overlap=2,
+                   min_count=1)
 
 
 @pytest.fixture(scope="session")
 def prepared(events, spec, tmp_path_factory) -> tuple[Path, dict]:
     """The conftest events prepared with :data:`PREP` into a temp folder: ``(root, manifest)``."""
-    root = prepare(events, spec, tmp_path_factory.mktemp("prepared") / "data", **PREP, config={"test": 1})
+    root = prepare(events, spec, tmp_path_factory.mktemp("prepared") / "data", PREP, config={"test": 1})
     return root, read_manifest(root)
 
 

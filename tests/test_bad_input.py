@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_prep.build import ensure_prepared, event_spec, load_events
-from data_prep.prepare import read_manifest
+from data_prep.dataset import read_manifest
 from data_prep.schema import SchemaError, drop_duplicates, validate
 
 T0 = 1_700_000_000_000

@@ -12,13 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from data_prep.paths import CONF_DIR
 from data_prep.schema import SchemaError
 from data_prep.sequences import WINDOWS
 from mose.config_checks import ConfigError, check_config
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
 from mose.nn.sequence import CELLS
-from mose.paths import CONF_DIR
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
 
@@ -47,6 +47,8 @@ def test_every_shipped_model_config_passes(model):
     ("data.layout=per_user", "data.layout"),
     ("data.prep.val_frac=0.95", "data.prep.val_frac"),
     ("data.prep.stream_overlap=40", "data.prep.stream_overlap"),
+    ("+data.prep.histroy_len=5", "data.prep.histroy_len"),
+    ("data.prep.activity_buckets=[20,5]", "data.prep.activity_buckets"),
     ("optim.lr=-1", "optim.lr"),
     ("trainer.max_epochs=0", "trainer.max_epochs"),
     ("data.tasks={click: {kind: multiclass}}", "kind"),

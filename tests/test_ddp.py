@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from data_prep.paths import CONF_DIR
 from mose.metrics import MultiTaskMetrics
-from mose.paths import CONF_DIR
 
 TASKS = {"click": "binary", "like": "binary", "watch": "regression"}
 COHORTS = {"new_user": ["new", "regular"], "group": ["a", "b", "c"]}

@@ -21,7 +21,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from data_prep.build import ensure_prepared
-from data_prep.prepare import read_manifest
+from data_prep.dataset import read_manifest
 from mose.callbacks import NonFiniteLossError, cli_errors, load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-
 from hydra.utils import instantiate
 
+from data_prep.paths import CONF_DIR
 from mose.nn.experts import GroupedMLP
 from mose.nn.mlp import MLP
 from mose.nn.norm import FeatureNorm
 from mose.nn.poso import PosoGroupedMLP
-from mose.paths import CONF_DIR
 from tests.test_family import NAMED
 from tests.test_models import TASKS, make_batch
 

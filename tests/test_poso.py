@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import PREP, load
-from data_prep.prepare import activity_names, prepare, read_manifest
+
+from data_prep.dataset import read_manifest
+from data_prep.fit import activity_names
+from data_prep.prepare import prepare
 from data_prep.schema import EventSpec
 from data_prep.sequences import N_PRIOR_BUCKETS
 from mose.data.datasets import EventSplit, StreamSplit
@@ -195,8 +199,8 @@ def test_poso_model_ignores_padded_history():
 
 
 def test_personalization_codes_never_count_the_future(events, spec, tmp_path):
-    prep = {**PREP, "activity_buckets": [2, 8], "personalization": ["user_group", "duration"]}
-    root = prepare(events, spec, tmp_path / "d", **prep)
+    prep = replace(PREP, activity_buckets=(2, 8), personalization=("user_group", "duration"))
+    root = prepare(events, spec, tmp_path / "d", prep)
     m = read_manifest(root)
     assert m["pcode"]["names"] == ["prior_bucket", "new", "user_group", "duration"]
     assert m["pcode"]["sizes"] == [N_PRIOR_BUCKETS, 2, 3, N_PRIOR_BUCKETS + 1]
@@ -207,11 +211,11 @@ def test_personalization_codes_never_count_the_future(events, spec, tmp_path):
     expected = np.array([np.sum((user == u) & (ts < t)) for u, t in zip(user, ts)])
     np.testing.assert_array_equal(n_prior, expected)
     np.testing.assert_array_equal(pcode[:, 0], np.clip(np.floor(np.log2(expected + 1)), 0, 15))
-    np.testing.assert_array_equal(pcode[:, 1], expected < PREP["new_user_max_prior"])
+    np.testing.assert_array_equal(pcode[:, 1], expected < PREP.new_user_max_prior)
     # appending future events of a user never changes the codes of the existing ones
     last = events["ts"].max()
     future = events.head(50).with_columns(pl.lit(last + 60_000).alias("ts"))
-    root2 = prepare(pl.concat([events, future]), spec, tmp_path / "d2", **prep)
+    root2 = prepare(pl.concat([events, future]), spec, tmp_path / "d2", prep)
     pc2 = load(root2, "pcode")
     ts2 = pl.concat([events, future]).sort(["user_id", "ts"])["ts"].to_numpy()  # rows: by user, then time
     np.testing.assert_array_equal(pc2[ts2 <= last][:, :2], pcode[:, :2])

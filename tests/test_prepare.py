@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,16 @@ from conftest import CATEGORICAL, COHORTS, NUMERIC, PREP, TASKS, load
 
 from data_prep import build
 from data_prep.build import ensure_prepared
-from data_prep.prepare import check_item_vocab, prepare, read_manifest
+from data_prep.dataset import FORMAT_VERSION, load_fitted, read_manifest
+from data_prep.fit import check_item_vocab
+from data_prep.options import PrepOptions
+from data_prep.prepare import prepare
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
 from data_prep.sequences import prior_bucket_expr
 from data_prep.split import time_cuts
 from mose.data.datasets import EventSplit
 
-K = PREP["history_len"]
+K = PREP.history_len
 BINARY = ["click", "like"]
 
 
@@ -153,8 +157,8 @@ TIE_SPEC = EventSpec(tasks=(TaskSpec("click"), TaskSpec("like"), TaskSpec("eid",
 
 def test_hand_histories_with_ties(tmp_path):
     events = tie_events()
-    root = prepare(events, TIE_SPEC, tmp_path / "d", history_len=3, val_frac=0.0, test_frac=0.0,
-                   new_user_max_prior=2, stream_len=4, stream_overlap=1)
+    root = prepare(events, TIE_SPEC, tmp_path / "d", PrepOptions(history_len=3, val_frac=0.0, test_frac=0.0,
+                   new_user_max_prior=2, stream_len=4, stream_overlap=1))
     labels = load(root, "labels")
     eid = labels[:, 2].astype(int)
     name = events["item_id"].to_list()
@@ -193,7 +197,7 @@ def test_every_history_item_is_an_earlier_event_of_the_same_user(tmp_path):
         "user_id": rng.integers(0, 12, n), "item_id": np.arange(n) + 100, "ts": rng.integers(0, 15, n) * 1000,
         "click": rng.integers(0, 2, n), "like": rng.integers(0, 2, n),
     }).with_row_index("eid").with_columns(pl.col("eid").cast(pl.Float64))
-    root = prepare(events, TIE_SPEC, tmp_path / "d", history_len=6, val_frac=0.0, test_frac=0.0)
+    root = prepare(events, TIE_SPEC, tmp_path / "d", PrepOptions(history_len=6, val_frac=0.0, test_frac=0.0))
     eid = load(root, "labels")[:, 2].astype(int)
     item_event = {int(i): int(e) for i, e in zip(load(root, "item"), eid)}
     user, ts = events["user_id"].to_numpy(), events["ts"].to_numpy()
@@ -229,8 +233,8 @@ def test_time_cuts_hand_values():
     ts = pl.Series(list(range(100)))
     assert time_cuts(ts, 0.1, 0.1) == (79, 89)  # lower quantiles 0.8 and 0.9
     assert time_cuts(ts, 0.0, 0.0) == (100, 100)
-    with pytest.raises(SchemaError):
-        time_cuts(ts, 0.6, 0.5)
+    with pytest.raises(SchemaError, match="data.prep.val_frac"):
+        PrepOptions(val_frac=0.6, test_frac=0.5)  # the fractions are checked once, in the prep options
     with pytest.raises(SchemaError, match="first timestamp"):
         time_cuts(pl.Series([0] * 90 + list(range(1, 11))), 0.1, 0.1)
 
@@ -258,7 +262,7 @@ def test_vocab_fitted_on_train_only(ref, arrays, prepared):
 
 
 def test_min_count_maps_rare_train_ids_to_oov(events, spec, tmp_path, ref):
-    root = prepare(events, spec, tmp_path / "d", **{**PREP, "min_count": 8})
+    root = prepare(events, spec, tmp_path / "d", replace(PREP, min_count=8))
     split = load(root, "split")
     user = load(root, "user")
     train_count = defaultdict(int)
@@ -299,7 +303,7 @@ def test_cohorts(ref, arrays, prepared):
     assert list(manifest["cohorts"]) == ["new_user", "user_group"]
     assert manifest["cohorts"]["new_user"] == ["new", "regular"]
     assert manifest["cohorts"]["user_group"] == ["a", "b"]
-    new = arrays["n_prior"] < PREP["new_user_max_prior"]
+    new = arrays["n_prior"] < PREP.new_user_max_prior
     assert new.any() and (~new).any()
     np.testing.assert_array_equal(arrays["cohorts"][:, 0], np.where(new, 0, 1))
     group_codes = [("a", "b").index(g) for g in ref.col("user_group")]
@@ -343,16 +347,17 @@ def test_manifest_and_array_shapes(prepared, events, spec):
     for name, info in m["arrays"].items():
         arr = np.load(root / f"{name}.npy", mmap_mode="r")
         assert list(arr.shape) == info["shape"] and str(arr.dtype) == info["dtype"], name
-    files = sorted([f"{k}.npy" for k in m["arrays"]] + ["manifest.json"])
+    files = sorted([f"{k}.npy" for k in m["arrays"]] + ["manifest.json", "users.parquet", "fit"])
     assert sorted(p.name for p in root.iterdir()) == files
+    assert m["format"] == FORMAT_VERSION and m["fit"]["fingerprint"] == load_fitted(root).fingerprint()
 
 
 def test_checksum_tracks_content(events, spec, tmp_path, prepared):
     _, m = prepared
     changed = events.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(1 - pl.col("click"))
                                   .otherwise(pl.col("click")).alias("click"))
-    a = prepare(events, spec, tmp_path / "a", **PREP)
-    b = prepare(changed, spec, tmp_path / "b", **PREP)
+    a = prepare(events, spec, tmp_path / "a", PREP)
+    b = prepare(changed, spec, tmp_path / "b", PREP)
     assert read_manifest(a)["source_checksum"] == m["source_checksum"]
     assert read_manifest(b)["source_checksum"] != m["source_checksum"]
 
@@ -371,14 +376,18 @@ def test_event_split_dataset(prepared, arrays):
     assert "labels" in train and not {"user_key", "cohorts"} & set(train)  # eval-only fields stay on disk
 
 
+def _contents(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
 def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    prepare(events, spec, out, **PREP, config={"v": 1})
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prepare(events, spec, out, PREP, config={"v": 1})
+    before = _contents(out)
 
     real_save = np.save
     calls = []
@@ -391,18 +400,18 @@ def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", failing_save)
     with pytest.raises(OSError, match="simulated"):
-        prepare(events, spec, out, **{**PREP, "history_len": 7}, config={"v": 2})
+        prepare(events, spec, out, replace(PREP, history_len=7), config={"v": 2})
     assert len(calls) == 4 and Path(calls[0]).parent != out  # it was writing elsewhere
     monkeypatch.undo()
 
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _contents(out) == before
     assert read_manifest(out)["config"] == {"v": 1}
     assert _leftovers(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
     # a successful rewrite replaces the folder completely and leaves nothing behind
     (out / "stale.npy").write_bytes(b"x")
-    prepare(events, spec, out, **{**PREP, "history_len": 7}, config={"v": 2})
+    prepare(events, spec, out, replace(PREP, history_len=7), config={"v": 2})
     assert read_manifest(out)["history_len"] == 7
     assert not (out / "stale.npy").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -410,7 +419,7 @@ def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
 
 def test_failed_swap_restores_previous_dataset(events, spec, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    prepare(events, spec, out, **PREP, config={"v": 1})
+    prepare(events, spec, out, PREP, config={"v": 1})
     real_rename = os.rename
 
     def rename_new_fails(src, dst):
@@ -420,7 +429,7 @@ def test_failed_swap_restores_previous_dataset(events, spec, tmp_path, monkeypat
 
     monkeypatch.setattr(os, "rename", rename_new_fails)
     with pytest.raises(OSError, match="simulated"):
-        prepare(events, spec, out, **PREP, config={"v": 2})
+        prepare(events, spec, out, PREP, config={"v": 2})
     monkeypatch.undo()
     assert read_manifest(out)["config"] == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -435,7 +444,7 @@ def data_config(path: Path, out: Path, **prep) -> dict:
         "source": {"_target_": "polars.read_parquet", "source": str(path)},
         "tasks": {k: dict(v) for k, v in TASKS.items()},
         "categorical": list(CATEGORICAL), "numeric": list(NUMERIC), "cohorts": list(COHORTS),
-        "prep": {**PREP, **prep},
+        "prep": {**PREP.to_dict(), **prep},
     }
 
 
@@ -488,5 +497,5 @@ def test_prepare_validates(events, spec, tmp_path):
     bad = events.with_columns(pl.when(pl.int_range(pl.len()) == 11).then(2).otherwise(pl.col("click"))
                               .alias("click"))
     with pytest.raises(SchemaError, match="click"):
-        prepare(bad, spec, tmp_path / "d", **PREP)
+        prepare(bad, spec, tmp_path / "d", PREP)
     assert not (tmp_path / "d").exists()

@@ -12,9 +12,10 @@ import torch
 from conftest import compose_with_output as compose_run
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
-from data_prep.prepare import read_manifest
-from data_prep.schema import TS, USER
+from data_prep.dataset import read_manifest
+from data_prep.schema import TS, USER, SchemaError
 
 TINY = ["data.source.n_events=5000", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "model.embed_dim=8"]
@@ -22,11 +23,16 @@ TINY = ["data.source.n_events=5000", "trainer.max_epochs=1", "trainer.enable_pro
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A 1-epoch MMoE on 5000 synthetic events (~5 s)."""
+    """A 1-epoch MMoE on 5000 synthetic events read from a Parquet log (~5 s)."""
     from mose.train import train
 
     tmp = tmp_path_factory.mktemp("serving")
     cfg = compose_run("train", [*TINY, f"paths.data_dir={tmp / 'data'}"], tmp / "run")
+    raw = tmp / "raw" / "events.parquet"
+    raw.parent.mkdir()
+    instantiate(cfg.data.source).write_parquet(raw)
+    with open_dict(cfg):
+        cfg.data.source = {"_target_": "data_prep.sources.events.load", "path": str(raw)}
     train(cfg)
     yield Path(json.loads((tmp / "run" / "metrics.json").read_text())["checkpoint"])
     GlobalHydra.instance().clear()
@@ -40,16 +46,44 @@ def raw_split(module, split_start: str = "test_start") -> pl.DataFrame:
     return events.filter(pl.col(TS) >= cuts[split_start])
 
 
-def test_candidates_are_encoded_like_training(checkpoint):
-    """Raw test events scored as candidates == the prepared test split scored: same vocab, history, features."""
+def test_candidates_are_encoded_like_training_with_the_raw_log_gone(checkpoint, tmp_path):
+    """Raw test events scored as candidates == the prepared test split scored (same vocab, history, features),
+    from the prepared folder alone: the raw training log is moved away first."""
     from mose.predict import load_module, score_candidates, score_split
 
     module = load_module(checkpoint)
-    _, from_prepared = score_split(module, "test")
     labels_dropped = raw_split(module).drop("click", "like", "watch_time")
-    from_raw = score_candidates(module, labels_dropped)
+    raw = Path(module.hparams.data["source"]["path"])
+    moved = raw.rename(tmp_path / "elsewhere.parquet")
+    try:
+        _, from_prepared = score_split(module, "test")
+        from_raw = score_candidates(module, labels_dropped)
+    finally:
+        moved.rename(raw)
     assert from_raw.shape == from_prepared.shape == (len(labels_dropped), 3)
     torch.testing.assert_close(torch.from_numpy(from_raw), torch.from_numpy(from_prepared))
+
+
+def test_eval_on_a_later_log_transformed_with_the_training_fit(checkpoint, tmp_path):
+    """``mose-prep fit_from=``: a later log (here: the test events, shifted a day) transformed with the
+    checkpoint's fit is all test split, and ``mose-eval data_dir=`` scores every event of it."""
+    from data_prep.build import ensure_prepared
+    from mose.eval import evaluate
+    from mose.predict import load_module
+
+    data = dict(load_module(checkpoint).hparams.data)
+    later = raw_split(load_module(checkpoint)).with_columns(pl.col(TS) + 86_400_000)
+    later.write_parquet(tmp_path / "day2.parquet")
+    day2 = {**data, "dir": str(tmp_path / "day2"), "source": {**data["source"], "path": str(tmp_path / "day2.parquet")}}
+    with pytest.raises(SchemaError, match="data.dir"):
+        ensure_prepared(data, fit_from=data["dir"])  # would overwrite the fitted dataset
+    root = ensure_prepared(day2, fit_from=data["dir"])
+    m = read_manifest(root)
+    assert m["splits"] == {"train": 0, "val": 0, "test": later.height} and m["fit"]["from"] == data["dir"]
+    assert m["fit"]["fingerprint"] == read_manifest(data["dir"])["fit"]["fingerprint"]
+    cfg = compose_run("eval", [f"ckpt_path={checkpoint}", f"data_dir={root}"], tmp_path / "eval")
+    metrics = evaluate(cfg)
+    assert 0 < metrics["click/auc"] < 1 and m["n_events"] == later.height
 
 
 def test_ranking_score_is_weighted_product():
@@ -74,6 +108,13 @@ def test_predict_writes_parquet(checkpoint, tmp_path):
     assert {"p_click", "p_like", "pred_watch_time", "score"} <= set(out.columns)
     assert out["p_click"].is_between(0, 1).all() and (out["pred_watch_time"] >= -1e-6).all()
     np.testing.assert_allclose(out["score"], out["p_click"] * out["p_like"] ** 0.5, rtol=1e-5)
+
+    # a history file of events the prepared log already has: all dropped as duplicates, the same scores
+    raw_split(load_module(checkpoint), "val_start").rename({"user_id": "uid"}).write_parquet(tmp_path / "recent.parquet")
+    cfg = compose_run("predict", [f"ckpt_path={checkpoint}", f"candidates={tmp_path / 'cands.parquet'}",
+                                  "columns={user_id: uid}", "score_weights={click: 1.0, like: 0.5}",
+                                  f"history={tmp_path / 'recent.parquet'}"], tmp_path / "predict_history")
+    np.testing.assert_array_equal(pl.read_parquet(predict(cfg))["score"], out["score"])
 
     cfg = compose_run("predict", [f"ckpt_path={checkpoint}", "split=val"], tmp_path / "predict_val")
     out = pl.read_parquet(predict(cfg))
@@ -103,6 +144,13 @@ def test_torchscript_export_gives_checkpoint_scores(checkpoint, tmp_path):
     path = export(checkpoint, tmp_path / "model.pt", "torchscript", batch_size=32)
     meta = json.loads(Path(f"{path}.json").read_text())
     module = load_module(checkpoint)
+    vocab = pl.read_parquet(tmp_path / "model.pt.vocab" / "vocab" / "item_id.parquet")  # shipped beside the model
+    raw = raw_split(module)
+    codes = raw.join(vocab, left_on="item_id", right_on="value", how="left", maintain_order="left")["index"]
+    codes = codes.fill_null(1).to_numpy()
+    root = Path(module.hparams.data["dir"])
+    rows = np.flatnonzero(np.load(root / "split.npy") == 2)
+    np.testing.assert_array_equal(codes, np.load(root / "item.npy")[rows])  # raw ids -> the graph's indices
     batch = example_batch(module, 100, "val")  # another split and batch size than traced
     assert [i["name"] for i in meta["inputs"]] == model_fields(batch) and meta["tasks"] == module.tasks
     scripted = torch.jit.load(str(path))
@@ -142,7 +190,7 @@ def test_tensorboard_has_pr_curves_and_hparams(checkpoint):
 def test_stream_model_candidates_and_export(tmp_path):
     """MoSE (per-stream): candidates scored through windows of the user's logged events match the prepared
     next-step windows (for events without a same-timestamp predecessor), and TorchScript matches too."""
-    from data_prep.prepare import read_manifest
+    from data_prep.dataset import read_manifest
     from mose.export import example_batch, export, model_fields
     from mose.predict import load_module, score_candidates, score_split
     from mose.train import train

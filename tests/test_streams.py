@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 import torch
 
-from data_prep.prepare import prepare, read_manifest
+from data_prep.dataset import read_manifest
+from data_prep.options import PrepOptions
+from data_prep.prepare import prepare
 from data_prep.schema import EventSpec, TaskSpec
 from data_prep.sources import sequential
 from data_prep.split import SPLITS
@@ -52,8 +54,8 @@ def hand_made_events(seed: int = 0) -> pl.DataFrame:
 def prepared(tmp_path_factory) -> tuple[pl.DataFrame, object, np.ndarray]:
     """Events, prepared folder and the event id of every prepared row."""
     events = hand_made_events()
-    root = prepare(events, SPEC, tmp_path_factory.mktemp("streams") / "data", history_len=4, val_frac=0.2,
-                   test_frac=0.2, stream_len=STREAM_LEN, stream_overlap=OVERLAP, min_count=1)
+    root = prepare(events, SPEC, tmp_path_factory.mktemp("streams") / "data", PrepOptions(history_len=4, val_frac=0.2,
+                   test_frac=0.2, stream_len=STREAM_LEN, stream_overlap=OVERLAP, min_count=1))
     return events, root, event_ids(np.load(root / "num.npy"), read_manifest(root))
 
 
@@ -271,7 +273,7 @@ def test_mose_learns_the_sequential_benchmark(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from mose.paths import CONF_DIR
+    from data_prep.paths import CONF_DIR
     from mose.train import train
 
     torch.set_num_threads(2)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from mose.paths import CONF_DIR
+from data_prep.paths import CONF_DIR
 
 
 def compose_train(overrides: list[str]):

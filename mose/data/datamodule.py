@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from data_prep.build import ensure_prepared
-from data_prep.prepare import read_manifest
+from data_prep.dataset import read_manifest
 from data_prep.sequences import LAYOUTS, WINDOWS
 from data_prep.split import SPLITS
 from mose.data.datasets import EventSplit, StreamSplit, identity

@@ -1,4 +1,8 @@
-"""A split of a prepared dataset, served a whole batch per indexing operation."""
+"""A split of a prepared dataset, served a whole batch per indexing operation.
+
+The fields are those of the array table (``data_prep.arrays``): ``EVENT_FIELDS`` per event,
+``STEP_FIELDS`` per stream step.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_prep.arrays import EVENT_FIELDS, STEP_FIELDS
+from data_prep.dataset import load_arrays
 from data_prep.sequences import WINDOWS
 from data_prep.split import SPLITS
 
-FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "hist_item", "hist_label",
-          "pcode")
-STEP_FIELDS = ("user", "user_key", "item", "cat", "num", "labels", "prior_bucket", "cohorts", "prev_label", "pcode")
-OPTIONAL = ("pcode",)  # absent from datasets prepared before POSO codes existed
 EVAL_ONLY = ("user_key", "cohorts")  # GAUC grouping and per-cohort metrics: the training loss never reads them
 
 
 def split_fields(fields: tuple[str, ...], split: str) -> tuple[str, ...]:
     """The fields a split's batches carry: the train split skips ``EVAL_ONLY`` (less to gather per step)."""
     return tuple(f for f in fields if split != "train" or f not in EVAL_ONLY)
-
-
-def load_arrays(root: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Memory-map ``<field>.npy`` for each field; optional fields may be missing.
-
-    Returned as plain ``ndarray`` views of the maps: indexing an ``np.memmap`` builds a memmap
-    subclass per result, and ``np.take`` on the plain view gathers a batch ~2x faster.
-    """
-    return {f: np.asarray(np.load(root / f"{f}.npy", mmap_mode="r")) for f in fields
-            if f not in OPTIONAL or (root / f"{f}.npy").exists()}
 
 
 class EventSplit(Dataset):
@@ -40,7 +32,7 @@ class EventSplit(Dataset):
     array, rows sorted for locality); there is no per-row Python.
     """
 
-    def __init__(self, root: str | Path, split: str, fields: tuple[str, ...] = FIELDS) -> None:
+    def __init__(self, root: str | Path, split: str, fields: tuple[str, ...] = EVENT_FIELDS) -> None:
         root = Path(root)
         self.arrays = load_arrays(root, split_fields(fields, split))
         self.index = np.flatnonzero(np.load(root / "split.npy") == SPLITS.index(split))

@@ -10,7 +10,7 @@ concatenated with the non-sequential embeddings and fed to an MMoE. Each POSO mo
 
 All off is the plain MMoE+MHA baseline; ``mha=False`` mean-pools the history instead (then, with
 POSO off, the model is the plain :class:`mose.models.mmoe.MMoE`). The gates read the
-personalization code ``batch["pcode"] (B, P)`` (past-only; see ``data_prep/prepare.py``).
+personalization code ``batch["pcode"] (B, P)`` (past-only; see ``data_prep/transform.py``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.vocab import OOV
 from mose.nn.embeddings import FeatureEmbedding, InputSpec, id_embedding
 from mose.nn.experts import GroupedMLP
 from mose.nn.gates import SoftmaxGates, mix
@@ -26,7 +27,6 @@ from mose.nn.mlp import MLP
 from mose.nn.towers import Towers, task_logits
 
 log = logging.getLogger(__name__)
-MISSING = 1  # categorical indices 0 (pad) and 1 (OOV) mean "unknown" (data_prep/vocab.py)
 
 
 class YouTubeRanker(nn.Module):
@@ -73,7 +73,7 @@ class YouTubeRanker(nn.Module):
             return None
         cats = batch["cat"][..., self.bias_cols]  # (B, Cb): the bias features of the C columns
         h = torch.cat([emb(cats[..., i]) for i, emb in enumerate(self.bias_embed)], -1)
-        present = (cats[..., 0] > MISSING).unsqueeze(-1)
+        present = (cats[..., 0] > OOV).unsqueeze(-1)  # PAD and OOV mean "unknown"
         return self.bias_tower(h) * present
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ class YouTubeRanker(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         main = batch
         if len(self.bias_cols) and "cat" in batch:  # the main model is blind to the bias features
-            main = {**batch, "cat": batch["cat"].index_fill(-1, self.bias_cols, MISSING)}
+            main = {**batch, "cat": batch["cat"].index_fill(-1, self.bias_cols, OOV)}
         h = self.shared(self.embed(main))
         gates = self.gates(h)
         logits = self.towers(mix(self.experts(h), gates))  # (B, T)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from data_prep.vocab import PAD
+
 EMBED_INIT_STD = 0.05
 
 
@@ -70,7 +72,7 @@ class FeatureEmbedding(nn.Module):
                  pool_history: bool = True) -> None:
         super().__init__()
         self.user = id_embedding(spec.n_users, dim)
-        self.item = id_embedding(spec.n_items, dim, padding_idx=0)
+        self.item = id_embedding(spec.n_items, dim, padding_idx=PAD)
         self.cat = nn.ModuleList(id_embedding(n, dim) for n in spec.cat_vocab)
         self.prior = id_embedding(spec.n_prior_buckets, dim)
         n_labels = spec.n_history_labels
@@ -84,7 +86,7 @@ class FeatureEmbedding(nn.Module):
         tokens = self.item(batch["hist_item"])
         if self.feedback is not None:
             tokens = tokens + self.feedback(batch["hist_label"].to(tokens.dtype))
-        return tokens, batch["hist_item"] > 0
+        return tokens, batch["hist_item"] != PAD
 
     def pooled_history(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """The masked mean of :meth:`history`'s tokens ``(B, D)``, computed without them.
@@ -95,7 +97,7 @@ class FeatureEmbedding(nn.Module):
         ``MeanPool()(*self.history(batch))``; ~7% of a KuaiRand MMoE step.
         """
         hist = batch["hist_item"]
-        mask = (hist > 0).unsqueeze(-1).to(dtype)  # (B, K, 1)
+        mask = (hist != PAD).unsqueeze(-1).to(dtype)  # (B, K, 1)
         count = mask.sum(-2).clamp_min(1.0)
         items = self.item.weight.index_select(0, hist.reshape(-1)).view(*hist.shape, -1)
         pooled = (items * mask).sum(-2) / count

@@ -1,4 +1,4 @@
-"""Locations inside the repository."""
+"""Locations inside the repository (the Hydra config folder every entry point composes from)."""
 
 from pathlib import Path
 

@@ -1,0 +1,84 @@
+"""The prep options (``data.prep``) as one frozen, checked value.
+
+    options = PrepOptions.from_config(data.get("prep"))   # errors name data.prep.<key>
+
+Every prep path (in-memory, partitioned, ``fit_from``) and the fitted state carry one of these;
+the checks live here only (``mose.config_checks`` calls :meth:`PrepOptions.from_config` too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from data_prep.schema import SchemaError
+
+
+def check_number(path: str, value: Any, integer: bool = True, allow_zero: bool = False,
+                 error: type[Exception] = SchemaError) -> None:
+    """Raise ``error("<path>=<value>: must be ...")`` unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        what = "an integer" if integer else "a number"
+        raise error(f"{path}={value}: must be {what} {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """How events become arrays: history and stream lengths, split fractions, id and cohort cuts.
+
+    ``history_len`` K items per per-event history; ``val_frac`` / ``test_frac`` the global time
+    quantiles of the split; ``new_user_max_prior`` the prior-event count below which a user is
+    "new"; ``stream_len`` / ``stream_overlap`` the per-stream chunks; ``min_count`` the train count
+    below which a user / item id shares the OOV index; ``activity_buckets`` ascending prior-event
+    counts of the ``activity`` cohort; ``personalization`` extra columns of the POSO code.
+    """
+
+    history_len: int = 20
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    new_user_max_prior: int = 20
+    stream_len: int = 32
+    stream_overlap: int = 8
+    min_count: int = 1
+    activity_buckets: tuple[int, ...] = ()
+    personalization: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "activity_buckets", tuple(self.activity_buckets or ()))
+        object.__setattr__(self, "personalization", tuple(self.personalization or ()))
+        for key in ("history_len", "stream_len", "min_count"):
+            check_number(f"data.prep.{key}", getattr(self, key))
+        for key in ("new_user_max_prior", "stream_overlap"):
+            check_number(f"data.prep.{key}", getattr(self, key), allow_zero=True)
+        for key in ("val_frac", "test_frac"):
+            check_number(f"data.prep.{key}", getattr(self, key), integer=False, allow_zero=True)
+        if self.stream_overlap >= self.stream_len:
+            raise SchemaError(f"data.prep.stream_overlap={self.stream_overlap}: must be less than "
+                              f"data.prep.stream_len={self.stream_len}")
+        if self.val_frac + self.test_frac >= 1:
+            raise SchemaError(f"data.prep.val_frac + data.prep.test_frac = {self.val_frac + self.test_frac}: "
+                              "must be < 1")
+        bounds = self.activity_buckets
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) or \
+                list(bounds) != sorted(set(bounds)) or (bounds and bounds[0] <= 0):
+            raise SchemaError(f"data.prep.activity_buckets={list(bounds)}: must be ascending positive counts")
+        if not all(isinstance(c, str) and c for c in self.personalization):
+            raise SchemaError(f"data.prep.personalization={list(self.personalization)}: must be column names")
+
+    @classmethod
+    def from_config(cls, prep: Mapping | None) -> PrepOptions:
+        """From the plain ``data.prep`` mapping (missing keys take the defaults; unknown keys are refused)."""
+        prep = dict(prep or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(prep) - set(known))
+        if unknown:
+            raise SchemaError(f"data.prep.{unknown[0]}: unknown key (data.prep has {', '.join(known)})")
+        return cls(**prep)
+
+    def to_dict(self) -> dict:
+        """Plain data (lists, not tuples): what the manifest, the fitted state and the config hash store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
