@@ -169,7 +169,7 @@ def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_si
     fitted = load_fitted(root)
     spec = fitted.spec
     validate_candidates(candidates, list(spec.categorical), list(spec.numeric),
-                        {c: id_kind(v.dtype) for c, v in fitted.vocabs.items()}, others=list(fitted.pcode))
+                        {c: id_kind(v.schema[c]) for c, v in fitted.vocabs.items()}, others=list(fitted.pcode))
     logged = HistoryLog.from_prepared(root)
     if history is not None and history.height:
         history, _ = drop_duplicates(history)

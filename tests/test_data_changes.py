@@ -24,9 +24,10 @@ import pytest
 from conftest import error_line, make_events
 
 from data_prep.fingerprint import differences, fingerprint
+from data_prep.fit import fit
+from data_prep.options import PrepOptions
 from data_prep.schema import EventSpec
-from data_prep.sequences import sort_events
-from data_prep.vocab import fit_vocab
+from data_prep.transform import log_frame
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
 DATA = ["data=events", "data.tasks={click: {kind: binary}, rare: {kind: binary}}", "data.categorical=[device]",
@@ -137,9 +138,9 @@ def test_fingerprint_names_what_differs():
     events = the_log()
     spec = EventSpec.from_config({"click": {"kind": "binary"}}, ["device"])
 
-    def fp(df: pl.DataFrame, s: EventSpec = spec) -> dict:  # vocabularies as prepare fits them: sorted rows
-        df = sort_events(df)
-        return fingerprint({c: fit_vocab(df, c) for c in ["user_id", "item_id", *s.categorical]}, s)
+    def fp(df: pl.DataFrame, s: EventSpec = spec) -> dict:  # the fitted state of the events, all of them train
+        cuts = (int(df["ts"].max()) + 1,) * 2
+        return fit(log_frame(df, cuts), s, PrepOptions(val_frac=0.0, test_frac=0.0), cuts).fingerprint()
 
     base = fp(events)
     assert differences(base, fp(events)) == []

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import CATEGORICAL, COHORTS, NUMERIC, TASKS, make_events
+from polars.testing import assert_frame_equal
 
 from data_prep.dataset import checksum, load_fitted, read_manifest
 from data_prep.fit import FittedState
@@ -36,11 +37,11 @@ def assert_same_fit(a: FittedState, b: FittedState) -> None:
     merged moments up to float rounding."""
     for name in ("spec", "options", "cuts", "cohorts"):
         assert getattr(a, name) == getattr(b, name), name
-    for vocabs in ("vocabs", "pcode"):
-        va, vb = getattr(a, vocabs), getattr(b, vocabs)
-        assert va.keys() == vb.keys()
-        for col in va:
-            assert (va[col] is None and vb[col] is None) or va[col].equals(vb[col], check_dtypes=True), col
+    assert a.vocabs.keys() == b.vocabs.keys() and a.pcode.keys() == b.pcode.keys()
+    for col in a.vocabs:
+        assert_frame_equal(a.vocabs[col], b.vocabs[col])  # values, order, dtypes and train counts
+    for col in a.pcode:
+        assert (a.pcode[col] is None and b.pcode[col] is None) or a.pcode[col].equals(b.pcode[col], check_dtypes=True)
     for stats in ("numeric_stats", "task_stats"):
         sa, sb = getattr(a, stats), getattr(b, stats)
         assert sa.keys() == sb.keys()

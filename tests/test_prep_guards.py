@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import error_line, make_events
 
-from data_prep.prepare import read_manifest
+from data_prep.dataset import read_manifest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
 TASKS = "{click: {kind: binary}, like: {kind: binary}}"

@@ -349,7 +349,7 @@ def test_manifest_and_array_shapes(prepared, events, spec):
         assert list(arr.shape) == info["shape"] and str(arr.dtype) == info["dtype"], name
     files = sorted([f"{k}.npy" for k in m["arrays"]] + ["manifest.json", "users.parquet", "fit"])
     assert sorted(p.name for p in root.iterdir()) == files
-    assert m["format"] == FORMAT_VERSION and m["fit"]["fingerprint"] == load_fitted(root).fingerprint()
+    assert m["format"] == FORMAT_VERSION and m["fingerprint"] == load_fitted(root).fingerprint()
 
 
 def test_checksum_tracks_content(events, spec, tmp_path, prepared):

@@ -80,7 +80,7 @@ def test_eval_on_a_later_log_transformed_with_the_training_fit(checkpoint, tmp_p
     root = ensure_prepared(day2, fit_from=data["dir"])
     m = read_manifest(root)
     assert m["splits"] == {"train": 0, "val": 0, "test": later.height} and m["fit"]["from"] == data["dir"]
-    assert m["fit"]["fingerprint"] == read_manifest(data["dir"])["fit"]["fingerprint"]
+    assert m["fingerprint"] == read_manifest(data["dir"])["fingerprint"]
     cfg = compose_run("eval", [f"ckpt_path={checkpoint}", f"data_dir={root}"], tmp_path / "eval")
     metrics = evaluate(cfg)
     assert 0 < metrics["click/auc"] < 1 and m["n_events"] == later.height
