@@ -39,7 +39,15 @@ from data_prep.arrays import EVENT_FIELDS, STEP_FIELDS
 from data_prep.dataset import load_fitted, read_manifest
 from data_prep.history import HistoryLog
 from data_prep.paths import CONF_DIR
-from data_prep.schema import TS, SchemaError, drop_duplicates, id_kind, validate, validate_candidates, with_file_rows
+from data_prep.schema import (
+    TS,
+    SchemaError,
+    drop_duplicates,
+    id_kind,
+    validate,
+    validate_candidates,
+    with_file_rows,
+)
 from data_prep.split import SPLITS
 from data_prep.transform import transform
 from data_prep.vocab import OOV
