@@ -19,7 +19,7 @@ import polars as pl
 
 from data_prep.arrays import ARRAYS
 from data_prep.fit import ACTIVITY, NEW_USER, UNKNOWN, FittedState, vocab_columns
-from data_prep.schema import ITEM, TS, USER
+from data_prep.schema import TS, USER
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,
     gather_windows,
@@ -44,12 +44,6 @@ def log_frame(events: pl.DataFrame, cuts: tuple[int, int] | None) -> pl.DataFram
     ends, n_prior = prior_rows(df)
     split = split_expr(*cuts) if cuts is not None else pl.lit(TEST, dtype=pl.Int8).alias("split")
     return df.with_columns(split, pl.Series("n_prior", n_prior), pl.Series("_end", ends))
-
-
-def feature_columns(fitted: FittedState) -> list[str]:
-    """The event columns the transform reads to build a model's inputs (labels and cohorts aside)."""
-    spec = fitted.spec
-    return [USER, ITEM, TS, *spec.categorical, *spec.numeric, *fitted.pcode]
 
 
 def cohort_codes(events: pl.DataFrame, n_prior: np.ndarray, fitted: FittedState) -> np.ndarray:
