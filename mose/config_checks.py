@@ -23,6 +23,7 @@ from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
 from mose.callbacks import NONFINITE_MODES
+from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
 from mose.nn.norm import NORMS
@@ -30,7 +31,7 @@ from mose.nn.sequence import CELLS
 
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
-MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES}
+MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES}
 
 
 class ConfigError(ValueError):
@@ -124,10 +125,24 @@ def check_data(data: Mapping) -> None:
         _positive("data.num_workers", data["num_workers"], allow_zero=True)
 
 
+def check_weighting(weighting: Mapping, model: Mapping) -> None:
+    """A weighting that reads the model's last shared layer (GradNorm) needs a model that names one."""
+    target = weighting.get("_target_")
+    try:
+        method = _locate(str(target)) if target else None
+    except (ImportError, AttributeError, ValueError) as err:  # from Hydra's locate
+        raise ConfigError(f"weighting._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    if getattr(method, "needs_shared", False) and not hasattr(_locate(model["_target_"]), "shared_parameters"):
+        raise ConfigError(f"weighting._target_={target}: needs the model's last shared layer, and "
+                          f"{model['_target_']} shares no layer between tasks (no shared_parameters()); use "
+                          "weighting=fixed, uncertainty or pcgrad")
+
+
 def check_config(cfg: DictConfig | Mapping) -> None:
     """All static checks of a ``mose-train`` config; raises :class:`ConfigError` naming the key."""
     check_model(_section(cfg, "model"))
     check_data(_section(cfg, "data"))
+    check_weighting(_section(cfg, "weighting"), _section(cfg, "model"))
     optim = _section(cfg, "optim")
     if "lr" in optim:
         _positive("optim.lr", optim["lr"], integer=False)

@@ -133,7 +133,9 @@ class MultiTaskModule(pl.LightningModule):
         also the effective task weights ``(T,)``."""
         params, shared = [], []
         if self.weighting.needs_gradients:
-            params, shared = [p for p in self.model.parameters() if p.requires_grad], shared_parameters(self.model)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.weighting.needs_shared:
+            shared = shared_parameters(self.model)
         loss, weights = self.weighting(losses, self.weights, params, shared, self._grad_scale())
         return loss + aux.get("loss", 0.0), weights
 

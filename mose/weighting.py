@@ -4,7 +4,8 @@ Every method is an ``nn.Module`` called as ``weighting(losses (T,), base (T,), p
 and returns ``(loss (), weights (T,))``: the scalar to back-propagate and the effective weight of
 each task (for logging). ``base`` are the fixed task weights from the data config
 (``data.tasks.<task>.weight``); ``params`` every trainable parameter of the model; ``shared`` the
-model's last shared layer (GradNorm's ``W``).
+model's last shared layer (GradNorm's ``W``, ``model.shared_parameters()``: every model with a
+layer shared by its tasks names it; an embedding table never counts).
 
 * :class:`Fixed` ``sum_t w_t L_t``.
 * :class:`Uncertainty` (Kendall, Gal & Cipolla, CVPR 2018): learned ``s_t = log sigma_t^2``;
@@ -45,15 +46,16 @@ def all_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def shared_parameters(model: nn.Module) -> list[torch.Tensor]:
-    """GradNorm's ``W``: ``model.shared_parameters()`` where the model defines it (its last shared
-    layer), else the feature embedding's parameters, else every parameter."""
-    if hasattr(model, "shared_parameters"):
-        params = list(model.shared_parameters())
-    elif isinstance(getattr(model, "embed", None), nn.Module):
-        params = list(model.embed.parameters())
-    else:
-        params = list(model.parameters())
-    return [p for p in params if p.requires_grad]
+    """GradNorm's ``W``: ``model.shared_parameters()``, the model's last shared layer (a dense layer every
+    task's loss reaches: the experts' output layer of a gated model, the bottom's last layer of a
+    shared-bottom one). A model without one (the single-task baselines share nothing) is an error."""
+    params = [p for p in (model.shared_parameters() if hasattr(model, "shared_parameters") else [])
+              if p.requires_grad]
+    if not params:
+        raise ValueError(f"weighting=gradnorm needs the model's last shared layer, and {type(model).__name__} "
+                         "names none (shared_parameters()): it shares no layer between tasks; use "
+                         "weighting=fixed, uncertainty or pcgrad")
+    return params
 
 
 def task_gradients(losses: torch.Tensor, params: list[torch.Tensor], grad_scale: float = 1.0) -> torch.Tensor:
@@ -71,10 +73,12 @@ class Weighting(nn.Module):
     """Base: ``tasks`` names and ``binary`` (per task) are given by the module.
 
     ``needs_gradients``: whether ``combine`` reads ``params`` / ``shared``; when False the module
-    passes empty lists (collecting the parameters every step costs ~0.2 ms on CPU).
+    passes empty lists (collecting the parameters every step costs ~0.2 ms on CPU). ``needs_shared``:
+    whether it reads ``shared`` (the model's last shared layer, :func:`shared_parameters`).
     """
 
     needs_gradients = False
+    needs_shared = False
 
     def __init__(self, tasks: list[str], binary: list[bool]) -> None:
         super().__init__()
@@ -122,7 +126,7 @@ class Uncertainty(Weighting):
 class GradNorm(Weighting):
     """GradNorm with asymmetry ``alpha`` and weight learning rate ``lr`` (plain gradient steps)."""
 
-    needs_gradients = True
+    needs_gradients = needs_shared = True
 
     def __init__(self, tasks: list[str], binary: list[bool], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks, binary)

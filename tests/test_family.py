@@ -17,6 +17,7 @@ from mose.models.sparse_moe import SparseMoE
 from mose.models.youtube import YouTubeRanker
 from mose.nn.embeddings import InputSpec
 from mose.nn.extraction import ExtractionLayer
+from mose.nn.gates import mix
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.nn.topk_gates import NoisyTopKGates, cv_squared
 from tests.test_models import SPEC, TASKS, B, make_batch
@@ -54,8 +55,6 @@ def test_shapes_gates_and_gradients(name):
         loss = loss + out["aux"]["expert_logits"].sum()
     loss.backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
-    if name == "youtube":  # the bias tower gets gradient in training mode only when position is present
-        unused = [n for n in unused if not n.startswith("bias")]
     assert not unused, unused
     model.eval()
     with torch.no_grad():
@@ -182,6 +181,82 @@ def test_hme_leaf_weights_are_path_products():
     leaf = aux["gates"].unflatten(-1, (2, 3))
     assert torch.allclose(leaf, top[..., None] * lower)
     assert torch.allclose(leaf.sum(-1), aux["branch_gates"])
+    assert aux["expert_logits"].shape == (B, len(TASKS), 6)
+
+
+HME_TASKS = {"click": {"kind": "binary"}, "like": {"kind": "binary"}, "watch": {"kind": "regression"}}
+
+
+def hme_module():
+    from dataclasses import asdict
+
+    from mose.module import MultiTaskModule
+
+    return MultiTaskModule(model={"_target_": "mose.models.hme.HME", "embed_dim": 4, "n_branches": 2, "n_experts": 3,
+                                  "expert": [8], "tower": [4]},
+                           input_spec=asdict(SPEC), tasks=HME_TASKS,
+                           task_stats={"watch": {"mean": 0.5, "std": 2.0}}).eval()
+
+
+def leaf_prediction(model: HME, batch: dict, leaf: int, task: int) -> torch.Tensor:
+    """Leaf ``leaf``'s own logit for task ``task`` ``(B,)``, by hand from the stacked weights."""
+    x = model.embed(batch)
+    e = model.experts.layers[0]
+    h = torch.relu(x @ e.weight[leaf] + e.bias[leaf])
+    g = leaf * len(TASKS) + task  # the (leaf, task) tower
+    t1, t2 = model.towers.layers
+    return (torch.relu(h @ t1.weight[g] + t1.bias[g]) @ t2.weight[g] + t2.bias[g]).squeeze(-1)
+
+
+def test_hme_one_hot_tree_reproduces_the_chosen_leaf():
+    """A gating tree that picks one leaf per task: each task's prediction is that leaf's own prediction."""
+    torch.manual_seed(0)
+    module = hme_module()
+    model = module.model
+    chosen = {0: (1, 2), 1: (0, 0), 2: (1, 0)}  # task -> (branch, expert in the branch)
+    with torch.no_grad():
+        for gate in (model.top.proj, model.lower.proj):
+            gate.weight.zero_()
+            gate.bias.zero_()
+        for t, (branch, expert) in chosen.items():
+            model.top.proj.bias[t * 2 + branch] = 1e3  # exp(-1e3) is exactly 0 in float32
+            for b in range(2):
+                model.lower.proj.bias[(t * 2 + b) * 3 + expert] = 1e3
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        preds = module.predict_step(batch)  # what mose-eval / mose-predict / mose-export serve
+    for t, (branch, expert) in chosen.items():
+        leaf = branch * 3 + expert
+        assert torch.equal(out["aux"]["gates"][:, t], torch.nn.functional.one_hot(torch.tensor(leaf), 6).float()
+                           .expand(B, -1))
+        with torch.no_grad():
+            own = leaf_prediction(model, batch, leaf, t)
+        expected = torch.sigmoid(own) if t < 2 else own * 2.0 + 0.5  # probability / target scale
+        torch.testing.assert_close(preds[:, t], expected, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(out[TASKS[t]], own, rtol=1e-6, atol=1e-7)
+
+
+def test_hme_mixes_the_leaves_predictions_and_trains_their_likelihood():
+    """Binary tasks: the mixture of the leaves' probabilities; regression: of their means; the training
+    loss is the mixture's negative log-likelihood (Jordan & Jacobs)."""
+    torch.manual_seed(0)
+    module = hme_module()
+    batch = make_batch() | {"labels": torch.tensor([[1.0, 0.0, 0.3]] * 3 + [[0.0, 1.0, -0.5]] * 3),
+                            "user_key": torch.arange(B), "cohorts": torch.zeros(B, 0, dtype=torch.long)}
+    with torch.no_grad():
+        aux = module.model(batch)["aux"]
+        p, o = aux["gates"], aux["expert_logits"]  # (B, T, L)
+        preds = module.predict_step(batch)
+        losses, _, _, _ = module._step(batch)
+    torch.testing.assert_close(preds[:, :2], (p * torch.sigmoid(o))[:, :2].sum(-1))
+    torch.testing.assert_close(preds[:, 2], (p * o)[:, 2].sum(-1) * 2.0 + 0.5)
+    y = batch["labels"]
+    z = torch.stack([y[:, 0], y[:, 1], (y[:, 2] - 0.5) / 2.0], -1)  # the standardised regression target
+    bern = torch.where(z[..., None] > 0.5, torch.sigmoid(o), 1 - torch.sigmoid(o))
+    gauss = torch.exp(-0.5 * (z[..., None] - o) ** 2)
+    lik = torch.cat([bern[:, :2], gauss[:, 2:]], 1)
+    torch.testing.assert_close(losses, -(p * lik).sum(-1).log().mean(0))
 
 
 def test_deep_moe_stacks_layers():
@@ -201,6 +276,29 @@ def test_linear_combination_weights_do_not_depend_on_input():
     g = model(make_batch())["aux"]["gates"]
     assert torch.allclose(g, g[:1].expand_as(g))
     assert torch.allclose(g[0], torch.softmax(model.mix_logits, -1))
+
+
+def test_linear_combination_free_weights_are_unconstrained():
+    """mix=free: each task's output is its tower on ``sum_e w_te f_e(x)`` with any real ``w``; training moves ``w``."""
+    torch.manual_seed(0)
+    model = LinearCombination(SPEC, TASKS, embed_dim=4, n_experts=3, expert=[8], tower=[4], mix="free")
+    assert torch.equal(model.mix_logits, torch.full((3, 3), 1 / 3))  # the uniform mix convex starts at too
+    w = torch.tensor([[2.0, -1.0, 0.0], [0.5, 0.5, 0.5], [-0.3, 0.0, 1.7]])
+    with torch.no_grad():
+        model.mix_logits.copy_(w)
+    batch = make_batch()
+    out = model(batch)
+    assert "gates" not in out["aux"] and torch.equal(out["aux"]["mix_weights"], w)
+    experts = model.experts(model.embed(batch))  # (B, E, H)
+    for i, t in enumerate(TASKS):
+        mixed = sum(w[i, e] * experts[:, e] for e in range(3))  # (B, H)
+        t1, t2 = model.towers.mlp.layers
+        expected = (torch.relu(mixed @ t1.weight[i] + t1.bias[i]) @ t2.weight[i] + t2.bias[i]).squeeze(-1)
+        torch.testing.assert_close(out[t], expected)
+    sum(out[t].sum() for t in TASKS).backward()
+    assert model.mix_logits.grad.abs().min() > 0
+    with pytest.raises(ValueError, match="model.mix"):
+        LinearCombination(SPEC, TASKS, mix="softmax")
 
 
 # --- CGC / PLE -----------------------------------------------------------------------------------
@@ -239,30 +337,78 @@ def test_ple_levels_and_cgc():
 
 # --- YouTube ranker ------------------------------------------------------------------------------
 
-def test_youtube_bias_tower_is_absent_at_serving():
+def youtube_batch(b: int = B, seed: int = 0) -> dict:
+    batch = make_batch(seed, min(b, B))
+    if b > B:  # a large batch of random rows
+        g = torch.Generator().manual_seed(seed)
+        batch = {k: v[torch.randint(0, B, (b,), generator=g)] for k, v in batch.items()}
+        batch["cat"] = torch.stack([torch.randint(2, n, (b,), generator=g) for n in SPEC.cat_vocab], 1)
+    return batch
+
+
+def test_youtube_serving_sets_only_position_missing():
+    """eval(): served logit = main(position missing) + bias tower(position missing, device as given)."""
     torch.manual_seed(0)
-    model = MODELS["youtube"]()
+    model = MODELS["youtube"]().eval()
     batch = make_batch()
-    batch["cat"][:, 0] = torch.tensor([2, 3, 4, 2, 3, 1])  # position; row 5 missing (OOV)
-    moved = {**batch, "cat": batch["cat"].clone()}
-    moved["cat"][:, 0] = torch.tensor([4, 2, 3, 4, 2, 1])  # other positions (row 5 still missing)
-    moved["cat"][:, 1] = (batch["cat"][:, 1] + 1) % SPEC.cat_vocab[1]  # other devices
-    model.train()
-    train_out = model(batch)
-    assert "bias_logits" in train_out["aux"]
-    bias = train_out["aux"]["bias_logits"]
-    assert (bias[5] == 0).all() and (bias[:5] != 0).all()  # dropped where position is missing
-    assert not torch.allclose(train_out["like"], model(moved)["like"])  # training sees position/device
-    model.eval()
+    batch["cat"][:, 0] = torch.tensor([2, 3, 4, 2, 3, 1])  # position (column 0); row 5 unknown
+    other_position = {**batch, "cat": batch["cat"].clone()}
+    other_position["cat"][:, 0] = torch.tensor([4, 2, 3, 4, 0, 2])
+    other_device = {**batch, "cat": batch["cat"].clone()}
+    other_device["cat"][:, 1] = (batch["cat"][:, 1] + 1) % SPEC.cat_vocab[1]
     with torch.no_grad():
-        serve, serve_moved = model(batch), model(moved)
-    assert "bias_logits" not in serve["aux"]
-    for t in TASKS:  # serving output ignores the bias features entirely
-        assert torch.equal(serve[t], serve_moved[t])
-    # training logits = serving logits + bias logits (dropout 0)
-    with torch.no_grad():
+        serve = model(batch)
+        missing = batch["cat"].clone()
+        missing[:, 0] = 1  # the OOV index
+        shared = model.shared(model.embed({**batch, "cat": missing}))
+        main = model.towers(mix(model.experts(shared), model.gates(shared)))
+        h = torch.cat([model.bias_embed[0](missing[:, 0]), model.bias_embed[1](missing[:, 1])], -1)
+        bias = model.bias_tower(h)
         for i, t in enumerate(TASKS):
-            assert torch.allclose(train_out[t], serve[t] + bias[:, i], atol=1e-5)
+            torch.testing.assert_close(serve[t], main[:, i] + bias[:, i])
+            assert torch.equal(serve[t], model(other_position)[t])  # position is ignored at serving
+            assert not torch.allclose(serve[t], model(other_device)[t])  # device is not
+        # the main network sees device (not only the bias tower)
+        missing_other_device = other_device["cat"].clone()
+        missing_other_device[:, 0] = 1
+        assert not torch.allclose(model.shared(model.embed({**batch, "cat": missing_other_device})), shared)
+
+
+def test_youtube_position_dropout_in_training():
+    """Training: a position_dropout share of the rows has position missing in the bias tower, the rest
+    the real position; the main network never sees position; training logits = main + bias."""
+    torch.manual_seed(0)
+    model = YouTubeRanker(NAMED, TASKS, embed_dim=4, shared=[8], n_experts=2, expert=[8], tower=[4],
+                          position_dropout=0.3)
+    batch = youtube_batch(4000)
+    model.train()
+    out = model(batch)
+    with torch.no_grad():
+        missing = batch["cat"].clone()
+        missing[:, 0] = 1
+        h = torch.cat([model.bias_embed[0](missing[:, 0]), model.bias_embed[1](missing[:, 1])], -1)
+        h_real = torch.cat([model.bias_embed[0](batch["cat"][:, 0]), model.bias_embed[1](batch["cat"][:, 1])], -1)
+        bias_missing, bias_real = model.bias_tower(h), model.bias_tower(h_real)
+        bias = out["aux"]["bias_logits"]
+        dropped = (bias == bias_missing).all(-1)
+        kept = (bias == bias_real).all(-1)
+        assert (dropped ^ kept).all()  # every row has one or the other
+        assert abs(dropped.float().mean().item() - 0.3) < 0.04  # 0.3 +- 5.5 std of a binomial share
+        model.eval()
+        serve = model(batch)
+        for i, t in enumerate(TASKS):
+            main = out[t] - bias[:, i]
+            # main part identical to serving's (the main model's position is always missing)
+            torch.testing.assert_close(main, serve[t] - model(batch)["aux"]["bias_logits"][:, i])
+            torch.testing.assert_close(out[t][dropped], serve[t][dropped])
+    model = YouTubeRanker(NAMED, TASKS, embed_dim=4, shared=[8], n_experts=2, expert=[8], tower=[4],
+                          position_dropout=0.0).train()
+    with torch.no_grad():
+        out = model(batch)
+        h_real = torch.cat([model.bias_embed[0](batch["cat"][:, 0]), model.bias_embed[1](batch["cat"][:, 1])], -1)
+        assert torch.equal(out["aux"]["bias_logits"], model.bias_tower(h_real))  # no dropout: real positions
+    with pytest.raises(ValueError, match="position_dropout"):
+        YouTubeRanker(NAMED, TASKS, position_dropout=1.5)
 
 
 def test_youtube_score_is_weighted_product():
@@ -279,9 +425,10 @@ def test_youtube_score_is_weighted_product():
 
 def test_youtube_without_bias_features_in_data():
     model = YouTubeRanker(SPEC, TASKS, embed_dim=4, shared=[8], n_experts=2, expert=[8], tower=[4])
-    assert model.bias_tower is None
-    model.train()
-    assert "bias_logits" not in model(make_batch())["aux"]
+    assert model.bias_tower is None and model.position_col == -1
+    for training in (True, False):
+        model.train(training)
+        assert "bias_logits" not in model(make_batch())["aux"]
 
 
 def test_module_trains_competitive_mixture_with_its_likelihood():

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from torch import nn
 
-from mose.weighting import Fixed, GradNorm, PCGrad, Uncertainty, pcgrad_coefficients, task_gradients
+from mose.config_checks import ConfigError, check_config
+from mose.nn.embeddings import InputSpec
+from mose.nn.experts import GroupedLinear
+from mose.nn.grouped_lstm import GroupedLSTM
+from mose.paths import CONF_DIR
+from mose.weighting import (
+    Fixed,
+    GradNorm,
+    PCGrad,
+    Uncertainty,
+    pcgrad_coefficients,
+    shared_parameters,
+    task_gradients,
+)
 
 TASKS = ["click", "watch"]
 BINARY = [True, False]
@@ -186,3 +203,51 @@ def test_weights_under_ddp_use_the_global_gradients():
     n = torch.stack([g1.norm(), g2.norm()])
     w = torch.ones(2) - 0.1 * torch.sign(n - n.mean()) * n
     assert torch.allclose(results[0][1][1], w * 2 / w.sum(), atol=1e-6)
+
+
+# --- GradNorm's W: every model's last shared layer ------------------------------------------------
+
+MODEL_NAMES = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+SHARES_NOTHING = {"single_task", "stream_single_task_ff", "stream_single_task_lstm"}
+DENSE = (nn.Linear, GroupedLinear, GroupedLSTM, nn.LSTM)  # layers with weight matrices; never nn.Embedding
+
+
+def train_config(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", [m for m in MODEL_NAMES if m not in SHARES_NOTHING])
+def test_gradnorm_layer_is_a_dense_layer_every_task_reaches(name):
+    """``shared_parameters()`` of every multi-task model of conf/model/: the weights of a dense layer (never
+    an embedding table), and each task's output has a non-zero gradient there (it is shared)."""
+    from tests.test_poso import SPEC, TASKS, make_batch
+
+    torch.manual_seed(0)
+    cfg = train_config(f"model={name}")
+    spec = InputSpec(**{**SPEC.__dict__, "cat_names": ("position", "device")})
+    model = instantiate(cfg.model, _partial_=True, _convert_="all")(input_spec=spec, tasks=TASKS).train()
+    shared = shared_parameters(model)
+    dense = [m for m in model.modules() if isinstance(m, DENSE)]
+    assert shared and all(any(any(p is q for q in m.parameters()) for m in dense) for p in shared)
+    if name == "youtube":  # the experts' output layer, not the shared layer below the experts
+        assert shared == list(model.experts.layers[-1].parameters())
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    assert not any(id(p) in embedding for p in shared)
+    out = model(make_batch(steps=5 if cfg.data.get("layout") == "per_stream" else None))
+    for t in TASKS:
+        grads = torch.autograd.grad(out[t].sum(), shared, retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), t
+
+
+def test_gradnorm_needs_a_shared_layer():
+    from mose.models.single_task import SingleTask
+    from tests.test_poso import SPEC, TASKS
+
+    with pytest.raises(ValueError, match="SingleTask.*shares no layer"):
+        shared_parameters(SingleTask(SPEC, TASKS))
+    with pytest.raises(ConfigError, match=r"^weighting._target_=mose.weighting.GradNorm: .*single_task"):
+        check_config(train_config("model=single_task", "weighting=gradnorm"))
+    check_config(train_config("model=single_task", "weighting=pcgrad"))  # PCGrad reads every parameter
+    check_config(train_config("model=shared_bottom", "weighting=gradnorm"))

@@ -6,7 +6,9 @@ import inspect
 from collections.abc import Mapping
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from data_prep.build import ensure_prepared
 from data_prep.dataset import read_manifest
@@ -52,10 +54,11 @@ class EventDataModule(pl.LightningDataModule):
                                       else StreamSplit(self.root, split, self.windows))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
         return DataLoader(
-            self.splits[split], batch_size=self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
-            collate_fn=identity, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
+            sampler=None if shuffle else eval_sampler(dataset), collate_fn=identity, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -69,6 +72,21 @@ class EventDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, shuffle=False)
+
+
+def eval_sampler(dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, this process's share of an evaluation split (val, test, predict): rows ``rank::world``,
+    every example exactly once, the shares off by at most one row. None in a single process.
+
+    Lightning's default for val/test is a ``DistributedSampler``, which pads the shares to equal
+    length with repeated examples, so AUC/GAUC over the synced predictions would count those twice;
+    a ``DistributedSampler`` subclass given here is kept as is. The metrics' states are concatenated
+    across processes (unequal lengths are fine) and the per-step logs sync only at epoch end.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return UnrepeatedDistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                        shuffle=False)
 
 
 def loader_settings(data: Mapping, **overrides) -> dict:

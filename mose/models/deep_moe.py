@@ -38,6 +38,7 @@ class DeepMoE(nn.Module):
         self.towers = Towers(len(self.tasks), in_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the last MoE layer's expert output layer."""
         return list(self.experts[-1].layers[-1].parameters())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:

@@ -55,6 +55,10 @@ class MoSE(nn.Module):
         self.pc = PersonalizationCode(tuple(input_spec.pcode_vocab), pc_dim) if poso else None
         self.expert_gate = PersonalizedGate(self.pc.out_dim, n_experts, poso_hidden, poso_scale) if poso else None
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the sequential experts' last layer, which every task gate reads."""
+        return self.experts.last_layer_parameters()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         h = self.bottom(self.embed(batch)).squeeze(2)  # (B, S, Hb)
         experts = self.experts(h)  # (B, S, E, He)

@@ -42,6 +42,7 @@ class OMoE(nn.Module):
             self.heads = GroupedLinear(n_experts, self.experts.out_dim, len(self.tasks))
 
     def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the experts' output layer."""
         return list(self.experts.layers[-1].parameters())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:

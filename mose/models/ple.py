@@ -37,6 +37,8 @@ class PLE(nn.Module):
         self.towers = Towers(n, in_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the last level's expert output layer (one batched
+        tensor, so a task's gradient there covers the shared experts and its own, never another task's)."""
         return list(self.levels[-1].experts.layers[-1].parameters())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:

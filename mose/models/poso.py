@@ -61,6 +61,11 @@ class PosoMMoE(nn.Module):
         self.expert_gate = PersonalizedGate(self.pc.out_dim, n_experts, gate_hidden, gate_scale) if mmoe_poso else None
         self.mlp_poso, self.mha_poso = mlp_poso, mha_poso
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the experts' output layer."""
+        experts = self.experts.base if self.mlp_poso else self.experts
+        return list(experts.layers[-1].parameters())
+
     def features(self, batch: dict[str, torch.Tensor], pc: torch.Tensor | None) -> torch.Tensor:
         """The MMoE input ``(B, in_dim)``: non-sequential embeddings ++ attention over the history."""
         x = self.embed(batch)

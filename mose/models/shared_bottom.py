@@ -22,5 +22,10 @@ class SharedBottom(nn.Module):
         self.bottom = MLP(self.embed.out_dim, list(bottom), dropout, norm)
         self.towers = Towers(len(self.tasks), self.bottom.out_dim, list(tower), dropout, norm)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the bottom MLP's last linear layer."""
+        linears = [m for m in self.bottom if isinstance(m, nn.Linear)]
+        return list(linears[-1].parameters()) if linears else []
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         return task_logits(self.towers(self.bottom(self.embed(batch))), self.tasks)

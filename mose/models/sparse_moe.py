@@ -34,6 +34,7 @@ class SparseMoE(nn.Module):
         self.towers = Towers(len(self.tasks), self.experts.out_dim, list(tower), dropout, norm)
 
     def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the experts' output layer."""
         return list(self.experts.layers[-1].parameters())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:

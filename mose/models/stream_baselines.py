@@ -46,6 +46,10 @@ class StreamMultiHead(nn.Module):
         self.net = GroupedSequence(1, self.embed.out_dim, hidden, num_layers, cell, dropout)
         self.heads = GroupedLinear(len(self.tasks), hidden, 1)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the shared network's last layer, under every head."""
+        return self.net.last_layer_parameters()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         h = self.net(self.embed(batch)).expand(-1, -1, len(self.tasks), -1)
         return step_logits(self.heads, h, self.tasks)
@@ -63,6 +67,10 @@ class StreamSharedBottom(nn.Module):
         self.bottom = GroupedSequence(1, self.embed.out_dim, bottom_hidden, bottom_layers, cell, dropout)
         self.towers = GroupedSequence(len(self.tasks), bottom_hidden, tower_hidden, tower_layers, cell, dropout)
         self.heads = GroupedLinear(len(self.tasks), tower_hidden, 1)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer (GradNorm's ``W``): the shared bottom's last layer."""
+        return self.bottom.last_layer_parameters()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         return step_logits(self.heads, self.towers(self.bottom(self.embed(batch)).squeeze(2)), self.tasks)

@@ -1,12 +1,17 @@
 """YouTube's multitask ranker (Zhao et al., RecSys 2019): MMoE over a shared layer plus a shallow bias tower.
 
 * A shared hidden layer sits below the MMoE experts (the paper's cost saving).
-* A shallow tower reads only the selection-bias features (``bias_features``: categorical columns
-  such as ``position`` and ``device``) and adds its logit to every task's logit during training.
-  At serving (``eval()``) it is dropped, and in training it is dropped for rows whose first bias
-  feature (``position``) is missing (the OOV / padding index): the main model then scores the
-  debiased engagement. The main model never sees the bias features (they are set to the missing
-  index before embedding), so training and serving see the same inputs.
+* A shallow tower reads the selection-bias features (``bias_features``: categorical columns such
+  as ``position`` and ``device``) and adds its logit to every task's logit, in training and at
+  serving. The position feature (``position_feature``) is the one unknown at serving: in
+  ``eval()`` (validation, test, ``mose-eval``, ``mose-predict``, ``mose-export``) it is replaced by
+  the missing index (OOV) for every row, while ``device`` and any other bias feature keep their
+  values, so the served logit is ``main(x) + bias(position=missing, device)``. In training,
+  ``position_dropout`` (default 0.1, as in the paper) of the rows get the missing position too, so
+  the tower learns the missing-position embedding and the model does not over-rely on position;
+  rows whose position is already unknown (index 0 or 1) count as missing.
+* The main model never sees the position feature (it is set to the missing index before the
+  embedding); it sees every other input, the other bias features included.
 * The ranking score is a weighted product of the task predictions,
   ``prod_t sigmoid(logit_t) ** w_t`` over ``score_weights`` (``aux["score"] (B,)``).
 """
@@ -30,20 +35,29 @@ log = logging.getLogger(__name__)
 
 
 class YouTubeRanker(nn.Module):
-    """``aux["gates"] (B, T, E)``, ``aux["bias_logits"] (B, T)`` (training only), ``aux["score"] (B,)``."""
+    """``aux["gates"] (B, T, E)``, ``aux["bias_logits"] (B, T)`` (when the data has bias features),
+    ``aux["score"] (B,)``."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, shared: list[int] = (128,),
                  n_experts: int = 4, expert: list[int] = (64,), tower: list[int] = (32,), dropout: float = 0.0,
-                 bias_features: list[str] = ("position", "device"), bias_dim: int = 8,
-                 bias_hidden: list[int] = (), score_weights: dict[str, float] | None = None,
-                 norm: str | None = None) -> None:
+                 bias_features: list[str] = ("position", "device"), position_feature: str = "position",
+                 position_dropout: float = 0.1, bias_dim: int = 8, bias_hidden: list[int] = (),
+                 score_weights: dict[str, float] | None = None, norm: str | None = None) -> None:
         super().__init__()
+        if not 0.0 <= position_dropout < 1.0:
+            raise ValueError(f"model.position_dropout must be in [0, 1), got {position_dropout}")
         self.tasks = list(tasks)
         names = list(input_spec.cat_names)
         present = [f for f in bias_features if f in names]
         if len(present) < len(bias_features):
             log.warning("YouTubeRanker: bias features %s not in the data's categorical columns %s; "
                         "the bias tower uses %s", [f for f in bias_features if f not in names], names, present)
+        if present and position_feature not in present:
+            log.warning("YouTubeRanker: position_feature '%s' is not among the bias features %s: nothing is "
+                        "treated as missing at serving and there is no position dropout", position_feature, present)
+        # index of the position column among the C categorical columns; -1: none
+        self.position_col = names.index(position_feature) if position_feature in present else -1
+        self.position_dropout = float(position_dropout)
         self.register_buffer("bias_cols", torch.tensor([names.index(f) for f in present], dtype=torch.long),
                              persistent=False)
         self.embed = FeatureEmbedding(input_spec, embed_dim)
@@ -65,32 +79,46 @@ class YouTubeRanker(nn.Module):
                              persistent=False)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.shared.parameters())
+        """The last shared layer (GradNorm's ``W``): the MMoE experts' output layer."""
+        return list(self.experts.layers[-1].parameters())
 
-    def bias_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """The shallow tower's logits ``(B, T)``, 0 where position is missing; None at serving."""
-        if self.bias_tower is None or not self.training or "cat" not in batch:
-            return None
-        cats = batch["cat"][..., self.bias_cols]  # (B, Cb): the bias features of the C columns
-        h = torch.cat([emb(cats[..., i]) for i, emb in enumerate(self.bias_embed)], -1)
-        present = (cats[..., 0] > OOV).unsqueeze(-1)  # PAD and OOV mean "unknown"
-        return self.bias_tower(h) * present
+    def inputs(self, cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The categorical columns ``(B, C)`` the main model and the bias tower read.
+
+        Main model: position always missing. Bias tower: position missing at serving (``eval()``) and
+        in training for a ``position_dropout`` share of the rows (and where it is unknown already).
+        """
+        if self.position_col < 0:
+            return cat, cat
+        col = self.position_col
+        main = cat.index_fill(-1, torch.tensor([col], device=cat.device), OOV)
+        if not self.training:
+            return main, main
+        pos = cat[..., col]
+        drop = (pos <= OOV) | (torch.rand(pos.shape, device=pos.device) < self.position_dropout)
+        biased = cat.clone()
+        biased[..., col] = torch.where(drop, OOV, pos)
+        return main, biased
+
+    def bias_logits(self, cat: torch.Tensor) -> torch.Tensor:
+        """The shallow tower's logits ``(B, T)`` of the categorical columns ``(B, C)``."""
+        cats = cat[..., self.bias_cols]  # (B, Cb): the bias features of the C columns
+        return self.bias_tower(torch.cat([emb(cats[..., i]) for i, emb in enumerate(self.bias_embed)], -1))
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """Ranking score ``prod_t sigmoid(logit_t) ** w_t``: ``(B, T) -> (B,)``."""
         return torch.exp((F.logsigmoid(logits.float()) * self.score_weights).sum(-1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        main = batch
-        if len(self.bias_cols) and "cat" in batch:  # the main model is blind to the bias features
-            main = {**batch, "cat": batch["cat"].index_fill(-1, self.bias_cols, OOV)}
-        h = self.shared(self.embed(main))
+        main = biased = batch.get("cat")
+        if main is not None:
+            main, biased = self.inputs(main)
+        h = self.shared(self.embed({**batch, "cat": main} if main is not None else batch))
         gates = self.gates(h)
         logits = self.towers(mix(self.experts(h), gates))  # (B, T)
         aux = {"gates": gates}
-        bias = self.bias_logits(batch)
-        if bias is not None:
-            aux["bias_logits"] = bias
+        if self.bias_tower is not None and biased is not None:
+            aux["bias_logits"] = bias = self.bias_logits(biased)
             logits = logits + bias
         aux["score"] = self.score(logits)
         return {**task_logits(logits, self.tasks), "aux": aux}

@@ -33,6 +33,16 @@ class GroupedSequence(nn.Module):
         else:
             self.net = GroupedMLP(groups, in_dim, [hidden] * num_layers, dropout)
 
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the last layer of every group (a model's last shared layer, for GradNorm)."""
+        if self.cell == "ff":
+            return list(self.net.layers[-1].parameters())
+        if isinstance(self.net, GroupedLSTM):
+            return list(self.net.weights[-4:])  # the last layer's w_ih, w_hh, b_ih, b_hh
+        last = self.net.lstms[0].num_layers - 1
+        return [getattr(lstm, f"{name}_l{last}") for lstm in self.net.lstms
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cell == "lstm":
             return self.net(x)
