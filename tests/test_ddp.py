@@ -1,6 +1,7 @@
 """Distributed: metrics are synced over the whole validation set across ranks (AUC under a 2-process
-gloo group equals the single-process AUC); ``trainer=ddp_sim`` trains every model in conf/model/;
-only rank 0 prepares the data and writes metrics.json."""
+gloo group equals the single-process AUC), every evaluation event is scored exactly once (the test
+metrics of a ``trainer=ddp_sim`` run equal a single-process ``mose-eval``); ``trainer=ddp_sim`` trains
+every model in conf/model/; only rank 0 prepares the data and writes metrics.json."""
 
 from __future__ import annotations
 
@@ -76,13 +77,13 @@ TINY = ["data.source.n_events=3000", "data.source.n_users=60", "data.source.n_it
         "data.prep.stream_overlap=2", "data.prep.history_len=5"]
 
 
-def train_ddp(model: str, tmp_path: Path, data_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+def train_ddp(model: str, tmp_path: Path, data_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     exe = shutil.which("mose-train")
     cmd = [exe] if exe else [sys.executable, "-m", "mose.train"]
     run = tmp_path / f"run-{model}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(check=False, args=[*cmd, "trainer=ddp_sim", f"model={model}", *TINY, f"paths.data_dir={data_dir}",
-                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           f"hydra.run.dir={run}", *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=400)
     return proc, run
 
@@ -96,18 +97,33 @@ def check_ddp_run(proc: subprocess.CompletedProcess, run: Path) -> dict:
 
 
 def test_ddp_sim_trains_and_rank0_writes(tmp_path):
-    """Fresh data dir: one process prepares (under a lock), one metrics.json, all test events scored once."""
+    """Fresh data dir: one process prepares (under a lock), one metrics.json. Evaluation shards hold every
+    event exactly once (no padding duplicates), so on a test split of odd size the 2-process test metrics
+    equal a single-process ``mose-eval`` of the same checkpoint exactly."""
     data_dir = tmp_path / "data"
-    proc, run = train_ddp("mmoe", tmp_path, data_dir)
+    proc, run = train_ddp("mmoe", tmp_path, data_dir, "data.source.n_events=3007")  # a test split of 303 events
     metrics = check_ddp_run(proc, run)
     logs = {p.name: p.read_text() for p in run.glob("*.log")}  # one per process: train.log, train_ddp_process_1.log
-    assert len(logs) == 2 and sum(t.count("loaded 3000 events") for t in logs.values()) == 1, logs
+    assert len(logs) == 2 and sum(t.count("loaded 3007 events") for t in logs.values()) == 1, logs
     assert not list(data_dir.glob(".synthetic.tmp-*"))
     manifest = json.loads((data_dir / "synthetic" / "manifest.json").read_text())
     test = metrics["test"]
-    scored = test["cohort/new_user=new/n_events"] + test["cohort/new_user=regular/n_events"]
-    # DistributedSampler pads the last shard with at most world_size - 1 repeated events
-    assert manifest["splits"]["test"] <= scored <= manifest["splits"]["test"] + 1
+    n_test = manifest["splits"]["test"]
+    assert n_test % 2 == 1  # not divisible by the world size: a padding sampler would repeat one event
+    assert test["cohort/new_user=new/n_events"] + test["cohort/new_user=regular/n_events"] == n_test
+    exe = shutil.which("mose-eval")
+    cmd = [exe] if exe else [sys.executable, "-m", "mose.eval"]
+    single = subprocess.run(check=False, args=[*cmd, f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={tmp_path / 'eval'}"],
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
+    assert test.keys() == expected.keys()
+    exact = [k for k in expected if k.rsplit("/", 1)[-1] in ("auc", "gauc", "auc_mean", "gauc_mean", "n_events")]
+    assert "click/auc" in exact and "cohort/new_user=new/like/gauc" in exact
+    assert {k: test[k] for k in exact} == {k: expected[k] for k in exact}
+    for key, value in expected.items():  # sums (logloss, mse, gate usage) differ by the order of addition only
+        assert math.isclose(test[key], value, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(value) and math.isnan(test[key])), key
 
 
 @pytest.mark.slow
