@@ -214,3 +214,43 @@ def test_stream_model_candidates_and_export(tmp_path):
     batch = example_batch(module, 40, "val")
     got = torch.jit.load(str(path))(*[batch[f] for f in model_fields(batch)])  # (B, S, T)
     torch.testing.assert_close(got, _checkpoint_predictions(module, batch))
+
+
+def test_youtube_serves_with_position_missing_and_device_kept(tmp_path):
+    """YouTube ranker: the exported graph takes device (in ``cat``) and ignores position; ``mose-predict``
+    scores raw candidates the same way (any position gives the same score, another device another)."""
+    from mose.export import example_batch, export, model_fields
+    from mose.predict import load_module, score_candidates
+    from mose.train import train
+
+    cfg = compose_run("train", [*TINY, "model=youtube", "model.shared=[16]", "model.expert=[8]", "model.tower=[8]",
+                                f"paths.data_dir={tmp_path / 'data'}"], tmp_path / "run")
+    train(cfg)
+    ckpt = Path(json.loads((tmp_path / "run" / "metrics.json").read_text())["checkpoint"])
+    module = load_module(ckpt)
+    names = read_manifest(module.hparams.data["dir"])["spec"]["categorical"]
+    pos, dev = names.index("position"), names.index("device")
+    path = export(ckpt, tmp_path / "youtube.pt", batch_size=16)
+    assert "cat" in [i["name"] for i in json.loads(Path(f"{path}.json").read_text())["inputs"]]
+    scripted = torch.jit.load(str(path))
+    batch = example_batch(module, 100, "val")
+    fields = model_fields(batch)
+
+    def served(cat: torch.Tensor) -> torch.Tensor:
+        return scripted(*[cat if f == "cat" else batch[f] for f in fields])
+
+    got = served(batch["cat"])
+    torch.testing.assert_close(got, _checkpoint_predictions(module, batch))
+    other = batch["cat"].clone()
+    other[:, pos] = other[:, pos].roll(1)
+    assert torch.equal(served(other), got)  # position: missing at serving
+    other = batch["cat"].clone()
+    other[:, dev] = other[:, dev].roll(1)
+    assert not torch.allclose(served(other), got)  # device: an input of the served model
+
+    cands = raw_split(module).drop("click", "like", "watch_time").head(300)
+    base = score_candidates(module, cands)
+    moved = score_candidates(module, cands.with_columns((pl.col("position") + 3) % 10))
+    np.testing.assert_array_equal(moved, base)
+    other_device = score_candidates(module, cands.with_columns((pl.col("device") + 1) % 3))
+    assert not np.allclose(other_device, base)

@@ -57,6 +57,7 @@ class YouTubeRanker(nn.Module):
                         "treated as missing at serving and there is no position dropout", position_feature, present)
         # index of the position column among the C categorical columns; -1: none
         self.position_col = names.index(position_feature) if position_feature in present else -1
+        self.register_buffer("position_index", torch.tensor([max(self.position_col, 0)]), persistent=False)
         self.position_dropout = float(position_dropout)
         self.register_buffer("bias_cols", torch.tensor([names.index(f) for f in present], dtype=torch.long),
                              persistent=False)
@@ -91,7 +92,7 @@ class YouTubeRanker(nn.Module):
         if self.position_col < 0:
             return cat, cat
         col = self.position_col
-        main = cat.index_fill(-1, torch.tensor([col], device=cat.device), OOV)
+        main = cat.index_fill(-1, self.position_index, OOV)
         if not self.training:
             return main, main
         pos = cat[..., col]
