@@ -9,8 +9,8 @@ a gate over its ``n_experts`` leaves; a leaf's weight is the product of the gate
 ``sum_l p_l sigmoid(o_lt)`` (the classic HME likelihood, a mixture of Bernoullis), for regression
 tasks the mixture mean ``sum_l p_l o_lt`` (unit-variance Gaussian leaves).
 
-The model returns the leaves' logits ``aux["expert_logits"] (B, T, L)`` and the leaf weights
-``aux["gates"] (B, T, L)``; as for Jacobs et al.'s competitive OMoE, :class:`mose.module.MultiTaskModule`
+The model returns the leaves' logits ``aux["expert_logits"] (B, T, E)`` and the leaf weights
+``aux["gates"] (B, T, E)`` (``E = n_branches * n_experts`` leaves); as for Jacobs et al.'s competitive OMoE, :class:`mose.module.MultiTaskModule`
 trains the mixture's negative log-likelihood ``-log sum_l p_l P(y | o_lt)``
 (:func:`mose.nn.mixture.competitive_nll`) and scores the mixture prediction
 (:func:`mose.nn.mixture.mixture_logits`) in evaluation, ``mose-predict`` and ``mose-export`` alike.
@@ -30,8 +30,8 @@ from mose.nn.towers import task_logits
 
 
 class HME(nn.Module):
-    """``aux["gates"] (B, T, L)`` leaf weights (``L = n_branches * E``, branch-major),
-    ``aux["branch_gates"] (B, T, n_branches)``, ``aux["expert_logits"] (B, T, L)`` each leaf's logit per task."""
+    """``aux["gates"] (B, T, E)`` leaf weights (``E = n_branches * n_experts`` leaves, branch-major),
+    ``aux["branch_gates"] (B, T, n_branches)``, ``aux["expert_logits"] (B, T, E)`` each leaf's logit per task."""
 
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_branches: int = 2,
                  n_experts: int = 2, expert: list[int] = (64,), tower: list[int] = (32,),
@@ -41,7 +41,7 @@ class HME(nn.Module):
         n, self.n_leaves = len(self.tasks), n_branches * n_experts
         self.embed = FeatureEmbedding(input_spec, embed_dim)
         self.experts = GroupedMLP(self.n_leaves, self.embed.out_dim, list(expert), dropout, norm=norm)
-        # one tower per (leaf, task), leaf-major: group l * T + t reads leaf l's output
+        # one tower per (leaf, task), leaf-major: group e * T + t reads leaf e's output
         self.towers = GroupedMLP(self.n_leaves * n, self.experts.out_dim, [*tower, 1], dropout,
                                  last_activation=False, norm=norm)
         self.top = SoftmaxGates(self.embed.out_dim, n, n_branches)
@@ -52,17 +52,17 @@ class HME(nn.Module):
         return list(self.experts.layers[-1].parameters())
 
     def leaf_gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Leaf weights ``(B, T, L)`` (path products) and the top gates ``(B, T, n_branches)`` of input ``(B, D)``."""
+        """Leaf weights ``(B, T, E)`` (path products) and the top gates ``(B, T, n_branches)`` of input ``(B, D)``."""
         top = self.top(x)  # (B, T, n_branches)
-        lower = self.lower(x).unflatten(1, (len(self.tasks), self.n_branches))  # (B, T, n_branches, E)
+        lower = self.lower(x).unflatten(1, (len(self.tasks), self.n_branches))  # (B, T, n_branches, n_experts)
         return (top.unsqueeze(-1) * lower).flatten(2), top
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         x = self.embed(batch)
         gates, top = self.leaf_gates(x)
-        leaves = self.experts(x)  # (B, L, H)
-        per_task = leaves.repeat_interleave(len(self.tasks), 1)  # (B, L * T, H)
-        expert_logits = self.towers(per_task).view(x.shape[0], self.n_leaves, -1).transpose(1, 2)  # (B, T, L)
+        leaves = self.experts(x)  # (B, E, H)
+        per_task = leaves.repeat_interleave(len(self.tasks), 1)  # (B, E * T, H)
+        expert_logits = self.towers(per_task).view(x.shape[0], self.n_leaves, -1).transpose(1, 2)  # (B, T, E)
         logits = (gates * expert_logits).sum(-1)  # (B, T); the module scores the mixture instead
         aux = {"gates": gates, "branch_gates": top, "expert_logits": expert_logits}
         return {**task_logits(logits, self.tasks), "aux": aux}
