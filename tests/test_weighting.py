@@ -12,11 +12,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch import nn
 
+from data_prep.paths import CONF_DIR
 from mose.config_checks import ConfigError, check_config
 from mose.nn.embeddings import InputSpec
 from mose.nn.experts import GroupedLinear
 from mose.nn.grouped_lstm import GroupedLSTM
-from mose.paths import CONF_DIR
 from mose.weighting import (
     Fixed,
     GradNorm,

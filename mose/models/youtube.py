@@ -95,7 +95,7 @@ class YouTubeRanker(nn.Module):
         main = cat.index_fill(-1, self.position_index, OOV)
         if not self.training:
             return main, main
-        pos = cat[..., col]
+        pos = cat[..., col]  # PAD (0) and OOV (1) both mean unknown
         drop = (pos <= OOV) | (torch.rand(pos.shape, device=pos.device) < self.position_dropout)
         biased = cat.clone()
         biased[..., col] = torch.where(drop, OOV, pos)
