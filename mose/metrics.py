@@ -199,7 +199,8 @@ class GateUsage(Metric):
     fraction of events with a non-zero weight on each expert (sparse gates), and per cohort value
     (``cohort_sizes`` the number of values of each cohort column) ``cohort_usage (V, T, E)``,
     ``cohort_entropy (V, T)`` with ``V = sum(cohort_sizes)`` (cohort-major), NaN for empty values.
-    All states are sums, reduced over DDP processes.
+    All states are sums, reduced over DDP processes. Read the results with :meth:`results` (it keeps
+    these shapes with one task or one expert; torchmetrics' ``compute`` squeezes one-element tensors).
     """
 
     full_state_update = False
@@ -250,6 +251,15 @@ class GateUsage(Metric):
             "cohort_usage": torch.where(empty[..., None], torch.nan, self.cohort_total / cohort_n.clamp_min(1)[..., None]),
             "cohort_entropy": torch.where(empty, torch.nan, self.cohort_entropy / cohort_n.clamp_min(1)),
         }
+
+
+    def results(self) -> dict[str, torch.Tensor]:
+        """:meth:`compute` with the documented shapes kept (a one-task ``entropy`` stays ``(1,)``)."""
+        n_values, n_tasks, n_experts = self.cohort_total.shape
+        shapes = {"usage": (n_tasks, n_experts), "entropy": (n_tasks,), "load_cv": (n_tasks,), "load_cv_all": (),
+                  "routed": (n_tasks, n_experts), "cohort_usage": (n_values, n_tasks, n_experts),
+                  "cohort_entropy": (n_values, n_tasks)}
+        return {k: v.reshape(shapes[k]) for k, v in self.compute().items()}
 
 
 def cv(x: torch.Tensor) -> torch.Tensor:

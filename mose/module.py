@@ -210,7 +210,7 @@ class MultiTaskModule(pl.LightningModule):
         events an expert gets a non-zero weight for), ``gates/cohort/<c>=<v>/<task>/e<i>`` and
         ``.../entropy`` per cohort value.
         """
-        d = {k: v.float().cpu() for k, v in self.gate_usage[split].compute().items()}
+        d = {k: v.float().cpu() for k, v in self.gate_usage[split].results().items()}
         self.gate_usage[split].reset()
         usage, n_experts = d["usage"], d["usage"].shape[1]
         out: dict[str, float] = {}
