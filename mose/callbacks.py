@@ -10,18 +10,20 @@ lookup, guarded checkpoint loading and the non-finite loss policy.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import pickle
-import sys
-from collections.abc import Iterator
+import re
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mose.atomic import atomic_path
+from mose.errors import EXIT_CODES, CheckpointError, NonFiniteLossError, cli_errors  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +31,19 @@ LAST = "last.ckpt"
 NONFINITE_MODES = ("stop", "skip")  # callbacks.nonfinite.mode; the first is the default
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or unsafe to load; the message names the file."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temp name beside the checkpoint, then a rename (:func:`mose.atomic.atomic_path`).
+
+    Lightning's own save stages the file in the system temp folder and moves it, which is a copy (and a
+    truncated checkpoint on a full disk) when that folder is on another filesystem.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        with atomic_path(path, "checkpoint") as tmp:
+            torch.save(checkpoint, tmp)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN / infinite loss; the message names the step and the task(s)."""
-
-
-class ResumeCheckpoint(pl.Callback):
+class ResumeCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` resumable: saved every ``every_n_train_steps`` optimizer steps,
     after each validation, at the end of training, and when training is interrupted by SIGTERM,
     Ctrl-C or a non-finite loss (the state before the bad step). Each save is atomic (temp file +
@@ -45,6 +51,13 @@ class ResumeCheckpoint(pl.Callback):
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current batch; this callback saves
     the checkpoint then, and ``mose-train`` exits with status 143.
+
+    A :class:`~pytorch_lightning.callbacks.Checkpoint`: Lightning runs it after the callbacks that are not
+    checkpoints and after the ``ModelCheckpoint`` configured before it, so the state it saves holds this
+    validation's early-stopping count and best checkpoint. The checkpoint saved at the end of training is marked ``finished``: resuming from it (``resume=auto``
+    on a finished run, or one killed while testing) trains nothing and goes straight to testing.
+    The trainer's checkpoint writes (this callback's and ``ModelCheckpoint``'s) go through
+    :class:`AtomicCheckpointIO` unless another checkpoint IO is configured.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 50, filename: str = LAST) -> None:
@@ -53,24 +66,36 @@ class ResumeCheckpoint(pl.Callback):
             raise ValueError(f"every_n_train_steps must be >= 0 (0 = only at validation), got {every_n_train_steps}")
         self.dirpath, self.every, self.filename = Path(dirpath), int(every_n_train_steps), filename
         self._saved_step = -1
+        self.finished = False  # training ran to its end (stored in the checkpoint)
 
     @property
     def path(self) -> Path:
         return self.dirpath / self.filename
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"finished": self.finished}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.finished = bool(state_dict.get("finished", False))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: not atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
     def save(self, trainer: pl.Trainer) -> Path:
-        """Write the full trainer state to :attr:`path` atomically (every rank calls this)."""
-        tmp = self.path.with_name(f".{self.filename}.tmp")
-        if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state; rank 0 writes, a barrier on every rank
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        """Write the full trainer state to :attr:`path` (every rank calls this; rank 0 writes, atomically)."""
+        trainer.save_checkpoint(self.path, weights_only=False)  # a barrier on every rank
         self._saved_step = trainer.global_step
         return self.path
 
     def _fitting(self, trainer: pl.Trainer) -> bool:
         return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.finished:  # restored from a checkpoint saved when training had ended
+            log.info("resumed from a finished run (step %d): nothing left to train", trainer.global_step)
+            trainer.should_stop = True
+            self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -83,7 +108,8 @@ class ResumeCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._fitting(trainer) and trainer.global_step != self._saved_step:
+        if self._fitting(trainer) and (not self.finished or trainer.global_step != self._saved_step):
+            self.finished = True
             self.save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -168,50 +194,46 @@ def find_resume_checkpoint(resume: str | None, run_dir: str | Path) -> str | Non
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)``: tensors and plain data only. A checkpoint that
-    carries other pickled objects (which could run code when loaded) is refused with
-    :class:`CheckpointError`.
+    """A ``mose-train`` checkpoint, loaded with ``torch.load(path, weights_only=True)``: tensors and plain
+    data only. Refused with :class:`CheckpointError` naming the file: not a file; unreadable (truncated,
+    random bytes, not a torch file); carrying other pickled objects (which could run code when loaded);
+    or not a Lightning checkpoint of ``MultiTaskModule`` (no ``state_dict`` / ``hyper_parameters``).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # the weights-only unpickler met bytes, not a class to load
+            raise CheckpointError(unreadable_message(path, err)) from None
         raise CheckpointError(unsafe_message(path, err)) from None
-    except (EOFError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch checkpoint): "
-                              f"{str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001  (torch.load fails in many ways on bytes that are no checkpoint)
+        raise CheckpointError(unreadable_message(path, err)) from None
+    hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if not isinstance(hparams, dict) or "state_dict" not in state or not {"model", "tasks", "input_spec"} <= set(hparams):
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path} is not a mose-train checkpoint (a Lightning checkpoint with "
+                              f"state_dict and the model's hyper_parameters); it holds {keys}")
+    return state
+
+
+def _detail(err: BaseException) -> str:
+    """The reason in a ``torch.load`` error: the unpickler's (``Unsupported global: GLOBAL io.open``), else
+    the first sentence of its first line."""
+    text = str(err)
+    if found := re.search(r"Unsupported (global: GLOBAL [\w.]+|operand \d+)", text):
+        return found.group(0)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0].split(". ")[0] if lines else type(err).__name__
+
+
+def unreadable_message(path: str | Path, err: BaseException) -> str:
+    return f"checkpoint {path} cannot be read (truncated, corrupt or not a torch checkpoint): {_detail(err)}"
 
 
 def unsafe_message(path: str | Path, err: BaseException) -> str:
     """A short reason why a checkpoint was refused by ``weights_only=True`` loading."""
-    detail = next((ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()),
-                  str(err).splitlines()[0] if str(err) else type(err).__name__)
     return (f"refusing to load checkpoint {path}: it holds pickled objects other than tensors and plain data "
-            f"({detail}); loading it could run arbitrary code. mose checkpoints never need this: only load "
+            f"({_detail(err)}); loading it could run arbitrary code. mose checkpoints never need this: only load "
             "checkpoints from sources you trust")
-
-
-EXIT_CODES = {"input": 2, "nonfinite": 3, "sigterm": 143}
-
-
-@contextlib.contextmanager
-def cli_errors() -> Iterator[None]:
-    """For console entry points: the suite's own errors print ``error: ...`` instead of a traceback
-    and exit 2 (bad config, data or checkpoint), 3 (non-finite loss) or 143 (SIGTERM, checkpoint
-    saved). ``MOSE_TRACEBACK=1`` re-raises them with the traceback.
-    """
-    from data_prep.schema import SchemaError
-    from mose.config_checks import ConfigError
-
-    try:
-        yield
-    except SIGTERMException:
-        print("interrupted by SIGTERM; checkpoints/last.ckpt holds the state to resume from", file=sys.stderr)
-        sys.exit(EXIT_CODES["sigterm"])
-    except (SchemaError, ConfigError, CheckpointError, NonFiniteLossError) as err:
-        if os.environ.get("MOSE_TRACEBACK"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CODES["nonfinite" if isinstance(err, NonFiniteLossError) else "input"])

@@ -19,6 +19,7 @@ the prepared dataset (linked, not set by hand).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -31,9 +32,11 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data_prep.build import event_spec
 from data_prep.paths import CONF_DIR
-from mose.callbacks import cli_errors
+from mose.atomic import atomic_path
 from mose.compat import check_resume
+from mose.config_checks import monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
+from mose.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 
@@ -50,8 +53,8 @@ class ParquetPredictionWriter(BasePredictionWriter):
         preds = np.concatenate([p.cpu().numpy() for p in predictions])  # MultiTaskModule.predict_step's
         frame = output_frame(pl_module, preds, None)
         out = Path(trainer.log_dir or trainer.default_root_dir) / f"predictions-rank{trainer.global_rank}.parquet"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(out)
+        with atomic_path(out, "predictions") as tmp:
+            frame.write_parquet(tmp)
         print(f"predictions: {out} ({frame.height:,} events)")
 
 
@@ -139,6 +142,7 @@ def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
+    monitor_without_binary_tasks(cfg)  # as mose-train: regression tasks only monitor val/loss
     HydraConfig.instance().set_config(cfg)
     c = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
          for k in cfg if k != "hydra"}
@@ -171,7 +175,8 @@ def hydra_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def default_output_dir() -> str:
-    return f"outputs/cli/{datetime.now():%Y-%m-%d}/{datetime.now():%H-%M-%S}"
+    """``outputs/cli/<date>/<time>-<pid>`` (the shape of mose-train's run folders)."""
+    return f"outputs/cli/{datetime.now():%Y-%m-%d}/{datetime.now():%H-%M-%S}-{os.getpid()}"
 
 
 def cli(args: list[str] | dict | None = None, run: bool = True, defaults: dict | None = None) -> MoseCLI:
@@ -194,13 +199,15 @@ def cli(args: list[str] | dict | None = None, run: bool = True, defaults: dict |
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``mose-cli``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`); LightningCLI's own
+    argument errors exit 2 as well."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "from-hydra":
-        import yaml
+    with cli_errors():
+        if args and args[0] == "from-hydra":
+            import yaml
 
-        print(yaml.safe_dump(cli_config(hydra_config(args[1:]), default_output_dir()), sort_keys=False), end="")
-        return
-    with cli_errors():  # a checkpoint that does not fit: error: ... and exit 2
+            print(yaml.safe_dump(cli_config(hydra_config(args[1:]), default_output_dir()), sort_keys=False), end="")
+            return
         cli(argv)  # None: LightningCLI reads sys.argv itself
 
 

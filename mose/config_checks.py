@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from hydra._internal.utils import _locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from data_prep.build import event_spec
@@ -23,19 +25,19 @@ from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
 from mose.callbacks import NONFINITE_MODES
+from mose.errors import ConfigError
+from mose.metrics import MultiTaskMetrics
 from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 
+log = logging.getLogger(__name__)
+
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
 MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES}
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the offending key."""
 
 
 def _section(cfg: DictConfig | Mapping, key: str) -> dict:
@@ -51,18 +53,23 @@ def _is_size_key(key: str) -> bool:
     return key.startswith(("n_", "num_")) or any(w in key for w in ("dim", "hidden", "heads", "top_k", "layers"))
 
 
+def _target(section: str, target: Any, hint: str) -> Any:
+    """The object ``<section>._target_`` names (imported), or :class:`ConfigError` naming the key."""
+    if not target:
+        raise ConfigError(f"{section}._target_ is missing: {hint}")
+    try:
+        return _locate(str(target))
+    except (ImportError, AttributeError, ValueError) as err:  # from Hydra's locate
+        raise ConfigError(f"{section}._target_={target}: cannot be imported ({str(err).splitlines()[0]}); "
+                          f"{hint}") from None
+
+
 def check_model(model: Mapping) -> None:
     """``model._target_`` imports to an ``nn.Module`` whose constructor takes every other key;
     sizes are positive, ``dropout`` in [0, 1), ``top_k <= n_experts``.
     """
     target = model.get("_target_")
-    if not target:
-        raise ConfigError("model._target_ is missing: pick a model with model=<name> (conf/model/*.yaml)")
-    try:
-        cls = _locate(str(target))
-    except (ImportError, AttributeError, ValueError) as err:  # from Hydra's locate
-        raise ConfigError(f"model._target_={target}: cannot be imported ({str(err).splitlines()[0]}); "
-                          "the models are in conf/model/*.yaml") from None
+    cls = _target("model", target, "pick a model with model=<name> (conf/model/*.yaml)")
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise ConfigError(f"model._target_={target}: not a torch.nn.Module class")
     params = inspect.signature(cls).parameters
@@ -108,6 +115,21 @@ def _check_value(path: str, key: str, value: Any) -> None:
 _positive = functools.partial(check_number, error=ConfigError)  # (path, value, integer=True, allow_zero=False)
 
 
+def check_source(source: Mapping) -> None:
+    """``data.source._target_`` imports to a loader that takes every other ``data.source`` key."""
+    target = source.get("_target_")
+    fn = _target("data.source", target, "pick a source with data=<name> (conf/data/*.yaml)")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature: nothing to check
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in source:
+        if not str(key).startswith("_") and key not in params:
+            raise ConfigError(f"data.source.{key}: not a parameter of {target} (it takes {list(params)})")
+
+
 def check_data(data: Mapping) -> None:
     """Tasks, features, layout, batch sizes and prep options (``PrepOptions``) of a data config, before any data is read."""
     try:
@@ -115,6 +137,8 @@ def check_data(data: Mapping) -> None:
         PrepOptions.from_config(data.get("prep"))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
+    if isinstance(data.get("source"), Mapping):
+        check_source(data["source"])
     for key, allowed in (("layout", LAYOUTS), ("windows", WINDOWS)):
         if data.get(key) is not None:
             _one_of(f"data.{key}", data[key], allowed)
@@ -128,21 +152,71 @@ def check_data(data: Mapping) -> None:
 def check_weighting(weighting: Mapping, model: Mapping) -> None:
     """A weighting that reads the model's last shared layer (GradNorm) needs a model that names one."""
     target = weighting.get("_target_")
-    try:
-        method = _locate(str(target)) if target else None
-    except (ImportError, AttributeError, ValueError) as err:  # from Hydra's locate
-        raise ConfigError(f"weighting._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    method = _target("weighting", target, "pick one with weighting=<name> (conf/weighting/*.yaml)") if target else None
     if getattr(method, "needs_shared", False) and not hasattr(_locate(model["_target_"]), "shared_parameters"):
         raise ConfigError(f"weighting._target_={target}: needs the model's last shared layer, and "
                           f"{model['_target_']} shares no layer between tasks (no shared_parameters()); use "
                           "weighting=fixed, uncertainty or pcgrad")
 
 
+def _binary(tasks: Mapping) -> list[str]:
+    return [t for t, spec in tasks.items() if dict(spec or {}).get("kind", "binary") == "binary"]
+
+
+def monitored_metrics(tasks: Mapping) -> list[str]:
+    """The metrics a run over ``tasks`` (``{name: {kind, ...}}``) logs that a callback can ``monitor``:
+    ``train/loss``, ``train/<task>/loss``, ``val/loss`` and ``val/<name>`` for every metric of
+    :class:`MultiTaskMetrics` (computed on two dummy events, so the names are its own). Cohort and gate
+    metrics (``val/cohort/...``, ``val/gates/...``) depend on the data and are accepted by prefix."""
+    kinds = {t: dict(spec or {}).get("kind", "binary") for t, spec in tasks.items()}
+    metrics = MultiTaskMetrics(kinds, {})
+    metrics.update(torch.full((2, len(kinds)), 0.5), torch.tensor([[0.0], [1.0]]).expand(2, len(kinds)),
+                   torch.zeros(2, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long))
+    return ["train/loss", *(f"train/{t}/loss" for t in kinds), "val/loss", *(f"val/{k}" for k in metrics.compute())]
+
+
+MONITOR_PREFIXES = ("val/cohort/", "val/gates/")
+
+
+def check_monitors(cfg: DictConfig | Mapping, tasks: Mapping) -> None:
+    """Every ``callbacks.<name>.monitor`` is a metric the run logs (before training starts, not after its
+    first epoch)."""
+    names = monitored_metrics(tasks)
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        monitor = (cb or {}).get("monitor")
+        if monitor is None or monitor in names or str(monitor).startswith(MONITOR_PREFIXES):
+            continue
+        raise ConfigError(f"callbacks.{name}.monitor={monitor}: not a metric this run logs; it logs "
+                          f"{', '.join(names)} and {'... / '.join(MONITOR_PREFIXES)}...")
+
+
+def monitor_without_binary_tasks(cfg: DictConfig) -> None:
+    """With regression tasks only there is no ``val/auc_mean``: callbacks that monitor it (the default)
+    monitor ``val/loss`` with ``mode=min`` instead (and the best checkpoint's name shows the loss)."""
+    tasks = _section(cfg, "data").get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks or _binary(tasks):
+        return
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if isinstance(cb, DictConfig) and cb.get("monitor") == "val/auc_mean":
+            with open_dict(cb):
+                cb.monitor, cb.mode = "val/loss", "min"
+                if isinstance(cb.get("filename"), str):
+                    cb.filename = cb.filename.replace("auc{val/auc_mean", "loss{val/loss")
+            log.warning("no binary task (no val/auc_mean): callbacks.%s monitors val/loss (mode=min)", name)
+
+
 def check_config(cfg: DictConfig | Mapping) -> None:
     """All static checks of a ``mose-train`` config; raises :class:`ConfigError` naming the key."""
     check_model(_section(cfg, "model"))
-    check_data(_section(cfg, "data"))
+    data = _section(cfg, "data")
+    check_data(data)
     check_weighting(_section(cfg, "weighting"), _section(cfg, "model"))
+    check_monitors(cfg, data["tasks"])
+    seed = cfg.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"seed={seed}: must be an integer")
+    if cfg.get("threads") is not None:
+        _positive("threads", cfg.get("threads"))
     optim = _section(cfg, "optim")
     if "lr" in optim:
         _positive("optim.lr", optim["lr"], integer=False)

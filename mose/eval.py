@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from data_prep.build import check_dataset_dir
 from data_prep.paths import CONF_DIR
-from mose.callbacks import cli_errors
 from mose.compat import check_data_matches
+from mose.errors import cli_errors
 from mose.predict import load_module
 from mose.results import summary, write_metrics
 from mose.train import build_datamodule
@@ -45,9 +45,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     with cli_errors():
         evaluate(cfg)
+
+
+def main() -> None:
+    """``mose-eval``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`)."""
+    with cli_errors():
+        hydra_main()
 
 
 if __name__ == "__main__":

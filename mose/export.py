@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from data_prep.dataset import FIT_DIR, load_fitted
+from mose.atomic import atomic_path, write_text
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
+from mose.errors import ConfigError, cli_errors
 from mose.module import MultiTaskModule, stacked_logits, to_predictions
 from mose.predict import load_module, prepared_root
 
@@ -70,26 +72,25 @@ def onnx_input_names(fields: list[str]) -> list[str]:
 def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", batch_size: int = 64) -> Path:
     """Write the model of ``ckpt_path`` to ``out`` (``fmt`` torchscript | onnx) and ``<out>.json`` describing its inputs."""
     if fmt not in FORMATS:
-        raise SystemExit(f"error: --format must be one of {FORMATS}, got '{fmt}'")
+        raise ConfigError(f"--format must be one of {FORMATS}, got '{fmt}'")
     module = load_module(ckpt_path)
     batch = example_batch(module, batch_size)
     fields = model_fields(batch)
     wrapper = ScoringModel(module, fields).eval()
     inputs = tuple(batch[f] for f in fields)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), atomic_path(out, f"exported {fmt} model") as tmp:
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, inputs, check_trace=False, strict=False)
-            traced.save(str(out))
+            traced.save(str(tmp))
         else:
             try:
                 import onnx  # noqa: F401
                 import onnxscript  # noqa: F401
             except ImportError:
-                raise SystemExit("error: ONNX export needs the optional extra: pip install torch==2.13.0 '.[onnx]'") from None
+                raise ConfigError("--format onnx needs the optional extra: pip install torch==2.13.0 '.[onnx]'") from None
             batch_dim = torch.export.Dim("batch", min=1)
-            torch.onnx.export(wrapper, inputs, str(out), input_names=onnx_input_names(fields), output_names=["predictions"],
+            torch.onnx.export(wrapper, inputs, str(tmp), input_names=onnx_input_names(fields), output_names=["predictions"],
                               dynamic_shapes=(tuple({0: batch_dim} for _ in fields),), dynamo=True)  # one entry: *tensors
     meta = {
         "format": fmt, "checkpoint": str(ckpt_path), "tasks": module.tasks,
@@ -99,7 +100,7 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
                     "shape": ["B", *batch[f].shape[1:]]}
                    for f, n in zip(fields, onnx_input_names(fields))],
     }
-    Path(f"{out}.json").write_text(json.dumps(meta, indent=2))
+    write_text(f"{out}.json", json.dumps(meta, indent=2), "exported model's input description")
     copy_vocab(prepared_root(module), Path(f"{out}.vocab"))
     return out
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="output file (default: beside the checkpoint, model.pt / model.onnx)")
     args = parser.parse_args(argv)
     out = args.out or Path(args.ckpt).with_name("model.pt" if args.format == "torchscript" else "model.onnx")
-    path = export(args.ckpt, out, args.format)
+    with cli_errors():  # error: ... and exit 2 (checkpoint, data, disk)
+        path = export(args.ckpt, out, args.format)
     print(f"exported {args.format}: {path} (inputs: {path}.json, vocabularies: {path}.vocab/)")
 
 

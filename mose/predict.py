@@ -51,10 +51,12 @@ from data_prep.schema import (
 from data_prep.split import SPLITS
 from data_prep.transform import transform
 from data_prep.vocab import OOV
-from mose.callbacks import cli_errors, load_checkpoint
+from mose.atomic import atomic_path
+from mose.callbacks import load_checkpoint
 from mose.compat import check_data_matches
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
+from mose.errors import CheckpointError, ConfigError, cli_errors
 from mose.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
@@ -62,12 +64,17 @@ EPS = 1e-12
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
-    """The trained module of a checkpoint, on CPU, in eval mode (plain-data hparams: ``weights_only``)."""
+    """The trained module of a checkpoint, on CPU, in eval mode (plain-data hparams: ``weights_only``).
+
+    A missing, unreadable, unsafe or non-``mose-train`` file raises :class:`CheckpointError` naming it.
+    """
     ckpt = Path(ckpt_path)
-    if not ckpt.is_file():
-        raise SystemExit(f"error: ckpt_path={ckpt_path} is not a file")
-    load_checkpoint(ckpt)  # weights_only: refuses a checkpoint carrying pickled code, with a clear error
-    module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    load_checkpoint(ckpt)  # weights_only: refuses files that are no mose checkpoint or carry pickled code
+    try:
+        module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:  # weights that do not fit the stored config
+        raise CheckpointError(f"checkpoint {ckpt} does not load into the model it describes: "
+                              f"{str(err).strip().splitlines()[0]}") from None
     return module.eval()
 
 
@@ -75,7 +82,7 @@ def ranking_score(preds: dict[str, np.ndarray], weights: dict[str, float]) -> np
     """``prod_t preds[t] ** weights[t]`` ``(N,)``, computed in log space (predictions clamped to >= 1e-12)."""
     missing = sorted(set(weights) - set(preds))
     if missing:
-        raise SystemExit(f"error: score_weights names task(s) {missing}; the model predicts {sorted(preds)}")
+        raise ConfigError(f"score_weights names task(s) {missing}; the model predicts {sorted(preds)}")
     n = len(next(iter(preds.values())))
     log_score = np.zeros(n, dtype=np.float64)
     for task, w in weights.items():
@@ -199,7 +206,7 @@ def score_split(module: MultiTaskModule, split: str, batch_size: int = 8192,
                 data_dir: str | None = None) -> tuple[pl.DataFrame, np.ndarray]:
     """Predictions ``(N, T)`` for the events of a prepared split, and their ``row``/``user_key``/labels."""
     if split not in SPLITS:
-        raise SystemExit(f"error: split={split} is not one of {SPLITS}")
+        raise ConfigError(f"split={split}: not one of {SPLITS}")
     root = prepared_root(module, data_dir)
     manifest = read_manifest(root)
     if loader_settings(module.hparams.data)["layout"] == "per_stream":
@@ -233,17 +240,23 @@ def predict(cfg: DictConfig) -> Path:
         info, preds = score_split(module, cfg.split, cfg.batch_size, cfg.data_dir)
         frame = pl.concat([info, output_frame(module, preds, weights)], how="horizontal")
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(out)
+    with atomic_path(out, "predictions") as tmp:
+        frame.write_parquet(tmp)
     print(f"scored {frame.height:,} events in {time.perf_counter() - start:.1f}s -> {out}")
     print(frame.head(5))
     return out
 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with cli_errors():  # error: ... and exit 2 (bad candidates, config, checkpoint or data)
+def hydra_main(cfg: DictConfig) -> None:
+    with cli_errors():
         predict(cfg)
+
+
+def main() -> None:
+    """``mose-predict``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`)."""
+    with cli_errors():
+        hydra_main()
 
 
 if __name__ == "__main__":

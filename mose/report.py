@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from mose.atomic import atomic_path, write_text
+from mose.errors import ConfigError, InputError, cli_errors
 from mose.metrics import REPORT, metric_spec, shown_in
 
 
@@ -26,18 +28,36 @@ def _run_order(path: Path) -> tuple:
 
 
 def load_runs(root: str | Path) -> list[dict]:
-    """One dict per run: ``model`` (config choice), ``data``, ``seed``, ``test`` metrics, ``dir``."""
+    """One dict per run: ``model`` (config choice), ``data``, ``seed``, ``test`` metrics, ``dir``.
+
+    A ``metrics.json`` (or its run's ``.hydra/hydra.yaml``) that cannot be parsed raises :class:`InputError`
+    naming the file.
+    """
+    if not Path(root).is_dir():
+        raise InputError(f"{root}: no such folder (give a run or multirun folder)")
     runs = []
     for path in sorted(Path(root).rglob("metrics.json"), key=_run_order):
-        info = json.loads(path.read_text())
+        info = _read(path, json.loads)
+        if not isinstance(info, dict) or not isinstance(info.get("test"), dict):
+            raise InputError(f"{path}: not a mose metrics.json (no 'test' metrics)")
         model = info.get("model", "?")
         hydra_file = path.parent / ".hydra" / "hydra.yaml"
         if hydra_file.exists():
-            choices = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"]
+            choices = (_read(hydra_file, yaml.safe_load) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
             model = choices.get("model", model)
         runs.append({"model": model, "data": info.get("data", "?"), "seed": info.get("seed"),
                      "test": info["test"], "dir": str(path.parent)})
     return runs
+
+
+def _read(path: Path, parse):
+    """``parse(text of path)``; a file that is unreadable or does not parse raises :class:`InputError` naming it."""
+    try:
+        return parse(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise InputError(f"{path}: not valid {kind} ({str(err).splitlines()[0]}); "
+                         "a run killed while writing it? Re-run that run or move the file away") from None
 
 
 def config_value(run: dict, key: str):
@@ -45,7 +65,7 @@ def config_value(run: dict, key: str):
     path = Path(run["dir"]) / ".hydra" / "config.yaml"
     if not path.exists():
         return None
-    node = yaml.safe_load(path.read_text())
+    node = _read(path, yaml.safe_load)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
@@ -161,13 +181,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-plots", dest="plots", action="store_false",
                         help="skip the PNG plots written beside the markdown (mose/report_plots.py)")
     args = parser.parse_args(argv)
+    with cli_errors():  # error: ... and exit 2 (a missing folder, a corrupt metrics.json, a full disk)
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Read the runs under ``args.dir``, write the markdown report and plots, print the table."""
+    if args.plot and not args.by:
+        raise ConfigError("--plot needs --by KEY (the x axis)")
     runs = load_runs(args.dir)
     if runs and args.plots:
         from mose.report_plots import render_plots
         for png in render_plots(runs, Path(args.out or Path(args.dir) / "report.md").parent):
             print(f"plot: {png}")
     if not runs:
-        raise SystemExit(f"error: no metrics.json found under {args.dir}")
+        raise InputError(f"no metrics.json found under {args.dir}")
     metrics = tuple(args.metrics.split(","))
     table = markdown_table(runs, metrics, args.by)
     text = f"# Test metrics ({len(runs)} runs from {args.dir})\n\nmean ± std over runs (seeds)\n\n{table}\n"
@@ -176,14 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         text += f"\n## Negative transfer: each model minus {args.baseline} (mean over seeds)\n{nt}\n"
         table += "\n" + nt
     if args.plot:
-        if not args.by:
-            raise SystemExit("error: --plot needs --by KEY (the x axis)")
         from mose.plots import metric_vs
         series = {m: by_value(runs, args.by, m) for m in args.plot_metric.split(",")}
-        metric_vs(series, args.by, args.baseline).savefig(args.plot, dpi=120)
+        with atomic_path(args.plot, "plot") as tmp:
+            metric_vs(series, args.by, args.baseline).savefig(tmp, dpi=120, format=Path(args.plot).suffix[1:] or "png")
         print(f"plot: {args.plot}")
-    out = Path(args.out or Path(args.dir) / "report.md")
-    out.write_text(text)
+    out = write_text(args.out or Path(args.dir) / "report.md", text, "report")
     print(table)
     print(f"written to {out}")
 

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data_prep.fit import NEW_USER
+from mose.atomic import atomic_path
 from mose.metrics import COHORTS, REPORT, metric_spec, shown_in
 from mose.plots import gate_heatmap
 
@@ -160,7 +161,6 @@ def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...]
     ``metric_<m>.png`` for each of ``metrics`` (default: those the report shows)."""
     metrics = metrics or shown_in(REPORT)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, plt.Figure | None] = {f"metric_{m}": metric_by_model(runs, m) for m in metrics}
     figures["cohort_new_vs_regular"] = cohort_breakdown(runs)
     for name, group in group_runs(runs).items():
@@ -173,7 +173,8 @@ def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...]
         if fig is None:
             continue
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_path(path, "report plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         paths.append(path)
     return paths

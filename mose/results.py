@@ -7,16 +7,13 @@ import math
 from pathlib import Path
 
 from data_prep.fit import NEW_USER
+from mose.atomic import write_text
 from mose.metrics import COHORTS, SUMMARY, metric_spec, shown_in
 
 
 def write_metrics(path: str | Path, test: dict[str, float], **info) -> Path:
     """Write ``{"test": {...flat metrics...}, **info}`` atomically to ``path``."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**info, "test": test}, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps({**info, "test": test}, indent=2, sort_keys=False), "test metrics")
 
 
 def summary(test: dict[str, float], tasks: list[str]) -> str:

@@ -12,13 +12,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from data_prep.build import event_spec
 from data_prep.paths import CONF_DIR
-from mose.callbacks import cli_errors, find_resume_checkpoint
+from mose.callbacks import find_resume_checkpoint
 from mose.compat import check_resume
-from mose.config_checks import check_config
+from mose.config_checks import check_config, monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
+from mose.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 from mose.results import summary, write_metrics
@@ -38,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     """One run: the test metrics and the best ``val/auc_mean`` (the score of the tested checkpoint)."""
+    monitor_without_binary_tasks(cfg)  # regression tasks only: val/loss stands in for val/auc_mean
     check_config(cfg)  # config errors stop here, naming the key (mose/config_checks.py)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
@@ -61,13 +64,15 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     ckpt_path = find_resume_checkpoint(cfg.resume, out_dir)
     check_resume(ckpt_path, module)  # another model, vocabulary or task set: error naming what differs
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)
+    best_ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # model_checkpoint
+    best_path = best_ckpt.best_model_path if best_ckpt else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     test = module.results["test"]
-    best = trainer.checkpoint_callback.best_model_score  # val/auc_mean of the tested checkpoint
+    best = best_ckpt.best_model_score if best_ckpt else None  # val/auc_mean of the tested checkpoint
     best_val = float(best) if best is not None else float(module.results.get("val", {}).get("auc_mean", "nan"))
     if trainer.is_global_zero:
         path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, data=data["name"],
-                             seed=cfg.seed, checkpoint=trainer.checkpoint_callback.best_model_path,
+                             seed=cfg.seed, checkpoint=best_path,
                              epochs=trainer.current_epoch, global_step=trainer.global_step)
         print(summary(test, list(data["tasks"])))
         print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  (tensorboard --logdir outputs)")
@@ -75,10 +80,16 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Returns the best ``val/auc_mean``: what a sweeper (``hparams_search=...``) maximises, never a test metric."""
-    with cli_errors():  # error: ... and exit 2 (config, data, checkpoint), 3 (NaN loss), 143 (SIGTERM)
+    with cli_errors():  # in the job too: Hydra would add its own 'Error executing job' line
         return run(cfg)[1]
+
+
+def main() -> None:
+    """``mose-train``: error: ... and exit 2 (config, data, checkpoint, Hydra, disk), 3 (NaN loss), 143 (SIGTERM)."""
+    with cli_errors():
+        hydra_main()
 
 
 if __name__ == "__main__":

@@ -87,11 +87,12 @@ def test_eval_on_a_later_log_transformed_with_the_training_fit(checkpoint, tmp_p
 
 
 def test_ranking_score_is_weighted_product():
+    from mose.errors import ConfigError
     from mose.predict import ranking_score
 
     p = {"click": np.array([0.5, 0.2]), "like": np.array([0.25, 1.0])}
     np.testing.assert_allclose(ranking_score(p, {"click": 1.0, "like": 0.5}), [0.5 * 0.5, 0.2 * 1.0])
-    with pytest.raises(SystemExit, match="nope"):
+    with pytest.raises(ConfigError, match="nope"):
         ranking_score(p, {"nope": 1.0})
 
 

@@ -41,6 +41,17 @@ def _scan(file: Path) -> pl.LazyFrame:
     return pl.scan_csv(file, separator="\t" if ".tsv" in file.name else ",", infer_schema_length=10_000)
 
 
+def _unreadable(files: list[Path], err: BaseException) -> SchemaError:
+    """The error naming the first of ``files`` that cannot be read whole (a truncated or corrupt download)."""
+    for f in files:
+        try:
+            _scan(f).select(pl.len()).collect()
+        except (OSError, pl.exceptions.PolarsError) as file_err:
+            return SchemaError(f"KuaiRand file {f} cannot be read (truncated or corrupt? download it again): "
+                               f"{str(file_err).strip().splitlines()[0]}")
+    return SchemaError(f"KuaiRand files {[str(f) for f in files]}: {str(err).strip().splitlines()[0]}")
+
+
 def _scan_all(files: list[Path], required: tuple[str, ...], rows: bool = False) -> pl.LazyFrame:
     """Concatenate the files (columns matched by name); each must have the ``required`` columns.
 
@@ -48,7 +59,11 @@ def _scan_all(files: list[Path], required: tuple[str, ...], rows: bool = False) 
     """
     frames = [with_file_rows(_scan(f), f, [str(g) for g in files]) if rows else _scan(f) for f in files]
     for f, lf in zip(files, frames):
-        missing = [c for c in required if c not in lf.collect_schema().names()]
+        try:
+            names = lf.collect_schema().names()
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise _unreadable([f], err) from None
+        missing = [c for c in required if c not in names]
         if missing:
             raise SchemaError(f"KuaiRand file {f}: missing column(s) {missing}")
     return pl.concat(frames, how="diagonal_relaxed")
@@ -99,10 +114,13 @@ def load(path: str = "../shared/data/kuairand", new_user_max_register_days: int 
     )
     new_user = (pl.when(pl.col("register_days") <= new_user_max_register_days)
                 .then(pl.lit("new")).otherwise(pl.lit("regular")).alias("new_user"))
-    return (
+    joined = (
         events.join(features, on="user_id", how="left", maintain_order="left")  # deterministic tie order
         .with_columns(pl.col("user_active_degree").fill_null("UNKNOWN"), new_user)
         .sort("ts", "user_id", maintain_order=True)
         .select(pl.exclude(FILE_ROW, FILE), FILE_ROW, FILE)
-        .collect()
     )
+    try:
+        return joined.collect()
+    except (OSError, pl.exceptions.PolarsError) as err:  # e.g. a .gz cut short: name the file
+        raise _unreadable([*logs, *users], err) from None

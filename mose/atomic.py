@@ -1,0 +1,57 @@
+"""Output files written whole or not at all: a temp name unique to this process beside the target, then one rename.
+
+    with atomic_path("run/metrics.json", "test metrics") as tmp:
+        tmp.write_text(...)                 # a full disk here leaves the previous metrics.json (or none)
+    write_text("run/report.md", text, "report")
+
+A failed write raises :class:`~mose.errors.WriteError` ``cannot write <path> (<what>): <reason>``, which the
+console scripts print as ``error: ...`` with exit status 2 (:func:`mose.errors.cli_errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from mose.errors import WriteError
+
+
+def temp_name(path: str | Path) -> Path:
+    """``<dir>/.<name>.tmp-<pid>-<random>``: no two processes (or two writes in one) share it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, what: str) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; once the body has written it, it is synced and renamed over ``path``.
+
+    On any error the temp file is removed, so ``path`` is the previous file or absent, never a partial one;
+    an ``OSError`` comes out as :class:`WriteError` naming ``path`` and ``what`` was being written.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a full disk that only shows at write-back fails here, before the rename
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise WriteError(f"cannot write {path} ({what}): {err.strerror or err}") from err
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # left only when the body or the sync failed
+
+
+def write_text(path: str | Path, text: str, what: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, what) as tmp:
+        tmp.write_text(text)
+    return Path(path)
