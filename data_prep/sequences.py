@@ -76,6 +76,8 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     """
     values = np.ascontiguousarray(values)
     n, rest = len(values), values.shape[1:]
+    if 0 in rest:  # rows without columns (hist_label of a run without binary tasks): nothing to gather
+        return np.empty((len(ends), length, *rest), dtype=values.dtype)
     nbytes = values.itemsize * int(np.prod(rest, dtype=np.int64))
     row = np.dtype(f"u{nbytes}") if nbytes in (1, 2, 4, 8) else np.dtype((np.void, nbytes))  # a row as one item
     ext = np.empty((n + length, *rest), dtype=values.dtype)

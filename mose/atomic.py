@@ -1,8 +1,9 @@
 """Output files written whole or not at all: a temp name unique to this process beside the target, then one rename.
 
-    with atomic_path("run/metrics.json", "test metrics") as tmp:
-        tmp.write_text(...)                 # a full disk here leaves the previous metrics.json (or none)
     write_text("run/report.md", text, "report")
+    write_file("run/predictions.parquet", "predictions", frame.write_parquet)   # any writer taking a file object
+    with atomic_path("model.onnx", "exported model") as tmp:   # writers that need a path
+        ...
 
 A failed write raises :class:`~mose.errors.WriteError` ``cannot write <path> (<what>): <reason>``, which the
 console scripts print as ``error: ...`` with exit status 2 (:func:`mose.errors.cli_errors`).
@@ -11,10 +12,12 @@ console scripts print as ``error: ...`` with exit status 2 (:func:`mose.errors.c
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from mose.errors import WriteError
 
@@ -54,4 +57,17 @@ def write_text(path: str | Path, text: str, what: str) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, what) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def write_file(path: str | Path, what: str, dump: Callable[[BinaryIO], object]) -> Path:
+    """``dump(buffer)`` into memory, then the bytes to ``path`` atomically (see :func:`atomic_path`).
+
+    Writers such as Polars and ``torch.save`` report a full disk as their own error types; written from
+    memory, a failed write is always an ``OSError`` (so a :class:`WriteError`), never a partial file.
+    """
+    buffer = io.BytesIO()
+    dump(buffer)
+    with atomic_path(path, what) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)

@@ -22,7 +22,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mose.atomic import atomic_path
+from mose.atomic import write_file
 from mose.errors import EXIT_CODES, CheckpointError, NonFiniteLossError, cli_errors  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,14 @@ NONFINITE_MODES = ("stop", "skip")  # callbacks.nonfinite.mode; the first is the
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temp name beside the checkpoint, then a rename (:func:`mose.atomic.atomic_path`).
+    """``torch.save`` to memory, then to a temp name beside the checkpoint and a rename (:func:`mose.atomic.write_file`).
 
     Lightning's own save stages the file in the system temp folder and moves it, which is a copy (and a
     truncated checkpoint on a full disk) when that folder is on another filesystem.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        with atomic_path(path, "checkpoint") as tmp:
-            torch.save(checkpoint, tmp)
+        write_file(path, "checkpoint", lambda f: torch.save(checkpoint, f))
 
 
 class ResumeCheckpoint(Checkpoint):

@@ -32,7 +32,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data_prep.build import event_spec
 from data_prep.paths import CONF_DIR
-from mose.atomic import atomic_path
+from mose.atomic import write_file
 from mose.compat import check_resume
 from mose.config_checks import monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
@@ -53,8 +53,7 @@ class ParquetPredictionWriter(BasePredictionWriter):
         preds = np.concatenate([p.cpu().numpy() for p in predictions])  # MultiTaskModule.predict_step's
         frame = output_frame(pl_module, preds, None)
         out = Path(trainer.log_dir or trainer.default_root_dir) / f"predictions-rank{trainer.global_rank}.parquet"
-        with atomic_path(out, "predictions") as tmp:
-            frame.write_parquet(tmp)
+        write_file(out, "predictions", frame.write_parquet)
         print(f"predictions: {out} ({frame.height:,} events)")
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from data_prep.dataset import FIT_DIR, load_fitted
-from mose.atomic import atomic_path, write_text
+from mose.atomic import atomic_path, write_file, write_text
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
 from mose.errors import ConfigError, cli_errors
@@ -79,10 +79,10 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
     wrapper = ScoringModel(module, fields).eval()
     inputs = tuple(batch[f] for f in fields)
     out = Path(out)
-    with torch.no_grad(), atomic_path(out, f"exported {fmt} model") as tmp:
+    with torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, inputs, check_trace=False, strict=False)
-            traced.save(str(tmp))
+            write_file(out, "exported torchscript model", lambda f: torch.jit.save(traced, f))
         else:
             try:
                 import onnx  # noqa: F401
@@ -90,8 +90,10 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
             except ImportError:
                 raise ConfigError("--format onnx needs the optional extra: pip install torch==2.13.0 '.[onnx]'") from None
             batch_dim = torch.export.Dim("batch", min=1)
-            torch.onnx.export(wrapper, inputs, str(tmp), input_names=onnx_input_names(fields), output_names=["predictions"],
-                              dynamic_shapes=(tuple({0: batch_dim} for _ in fields),), dynamo=True)  # one entry: *tensors
+            with atomic_path(out, "exported onnx model") as tmp:
+                torch.onnx.export(wrapper, inputs, str(tmp), input_names=onnx_input_names(fields),
+                                  output_names=["predictions"], dynamo=True,
+                                  dynamic_shapes=(tuple({0: batch_dim} for _ in fields),))  # one entry: *tensors
     meta = {
         "format": fmt, "checkpoint": str(ckpt_path), "tasks": module.tasks,
         "kinds": {t: module.hparams.tasks[t].get("kind", "binary") for t in module.tasks},

@@ -51,7 +51,7 @@ from data_prep.schema import (
 from data_prep.split import SPLITS
 from data_prep.transform import transform
 from data_prep.vocab import OOV
-from mose.atomic import atomic_path
+from mose.atomic import write_file
 from mose.callbacks import load_checkpoint
 from mose.compat import check_data_matches
 from mose.data.datamodule import loader_settings
@@ -240,8 +240,7 @@ def predict(cfg: DictConfig) -> Path:
         info, preds = score_split(module, cfg.split, cfg.batch_size, cfg.data_dir)
         frame = pl.concat([info, output_frame(module, preds, weights)], how="horizontal")
     out = Path(cfg.out)
-    with atomic_path(out, "predictions") as tmp:
-        frame.write_parquet(tmp)
+    write_file(out, "predictions", frame.write_parquet)
     print(f"scored {frame.height:,} events in {time.perf_counter() - start:.1f}s -> {out}")
     print(frame.head(5))
     return out

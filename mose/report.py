@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from mose.atomic import atomic_path, write_text
+from mose.atomic import write_file, write_text
 from mose.errors import ConfigError, InputError, cli_errors
 from mose.metrics import REPORT, metric_spec, shown_in
 
@@ -206,8 +206,8 @@ def report(args: argparse.Namespace) -> None:
     if args.plot:
         from mose.plots import metric_vs
         series = {m: by_value(runs, args.by, m) for m in args.plot_metric.split(",")}
-        with atomic_path(args.plot, "plot") as tmp:
-            metric_vs(series, args.by, args.baseline).savefig(tmp, dpi=120, format=Path(args.plot).suffix[1:] or "png")
+        fig = metric_vs(series, args.by, args.baseline)
+        write_file(args.plot, "plot", lambda f: fig.savefig(f, dpi=120, format=Path(args.plot).suffix[1:] or "png"))
         print(f"plot: {args.plot}")
     out = write_text(args.out or Path(args.dir) / "report.md", text, "report")
     print(table)

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data_prep.fit import NEW_USER
-from mose.atomic import atomic_path
+from mose.atomic import write_file
 from mose.metrics import COHORTS, REPORT, metric_spec, shown_in
 from mose.plots import gate_heatmap
 
@@ -173,8 +173,7 @@ def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...]
         if fig is None:
             continue
         path = out_dir / f"{name}.png"
-        with atomic_path(path, "report plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        write_file(path, "report plot", lambda f, fig=fig: fig.savefig(f, dpi=110, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +144,44 @@ def compose_with_output(config_name: str, overrides: list[str], output_dir: Path
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The ``error: ...`` line of a console script that refused its input: exit 2, no traceback."""
+    """The ``error: ...`` line of a console script that refused its input: exit 2, no traceback, and the
+    only ``error:`` line, the last one on stderr."""
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), line
-    return line
+    lines = proc.stderr.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("error: ")] == lines[-1:], proc.stderr[-3000:]
+    return lines[-1]
+
+
+def console(name: str, module: str) -> list[str]:
+    """The console script ``name`` (``python -m module`` where it is not installed)."""
+    exe = shutil.which(name)
+    return [exe] if exe else [sys.executable, "-m", module]
+
+
+def run_console(name: str, module: str, args: list[str], cwd: Path, timeout: float = 300,
+                **kwargs) -> subprocess.CompletedProcess:
+    """Run a console script to completion (one torch thread), capturing its output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*console(name, module), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False, **kwargs)
+
+
+# README "Your own event log": a one-task log with its own column names and ts in seconds
+README_ONE_TASK = ["data=events", "data.source.path=my_log.parquet",
+                   "data.source.columns={user_id: uid, item_id: iid, ts: time, click: clicked}",
+                   "data.source.ts_unit=s", "data.tasks={click: {kind: binary}}"]
+
+
+@pytest.fixture(scope="session")
+def one_task_run(events, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The README's one-task ``mose-train`` run (a real subprocess, one epoch): ``(work dir, its arguments)``;
+    the run is ``<work dir>/run``."""
+    work = tmp_path_factory.mktemp("one_task")
+    log = events.rename({"user_id": "uid", "item_id": "iid", "ts": "time", "click": "clicked"})
+    log.with_columns(pl.col("time") // 1000).write_parquet(work / "my_log.parquet")
+    args = [*README_ONE_TASK, "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "threads=1",
+            "data.batch_size=256", f"paths.data_dir={work / 'data'}", f"hydra.run.dir={work / 'run'}"]
+    proc = run_console("mose-train", "mose.train", args, work)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return work, args
