@@ -12,6 +12,7 @@ console scripts print as ``error: ...`` with exit status 2 (:func:`mose.errors.c
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import secrets
@@ -38,7 +39,7 @@ def atomic_path(path: str | Path, what: str) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_name(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -51,6 +52,15 @@ def atomic_path(path: str | Path, what: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # left only when the body or the sync failed
+
+
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p folder``; a file in the way is reported as such (``mkdir`` says "File exists")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocker = next(p for p in (folder, *folder.parents) if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
 
 
 def write_text(path: str | Path, text: str, what: str) -> Path:

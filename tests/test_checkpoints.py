@@ -60,6 +60,14 @@ def test_truncated_or_missing_checkpoint(tmp_path):
         find_resume_checkpoint(str(tmp_path / "nope.ckpt"), tmp_path)
     with pytest.raises(CheckpointError, match="checkpoints/last.ckpt"):
         find_resume_checkpoint(str(tmp_path), tmp_path)
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match="cannot be read") as err:  # unreadable, not "unsafe pickled objects"
+        load_checkpoint(noise)
+    assert "refusing" not in str(err.value)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="is not a mose-train checkpoint"):
+        load_checkpoint(tmp_path / "weights.pt")
     assert find_resume_checkpoint("auto", tmp_path) is None  # nothing to resume yet: a fresh start
     assert find_resume_checkpoint(None, tmp_path) is None
 
