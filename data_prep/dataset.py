@@ -25,6 +25,7 @@ from data_prep.fit import FIT_VERSION, FittedState
 from data_prep.schema import SchemaError, event_columns
 from data_prep.sequences import N_PRIOR_BUCKETS
 from data_prep.split import SPLITS
+from mose.errors import WriteError
 
 FORMAT_VERSION = 3  # 3: fit/, users.parquet, ts.npy (2: hist_item int32; 1: int64; both train, neither serves)
 FIT_DIR = "fit"
@@ -100,8 +101,11 @@ def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict, 
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
         return finish_dataset(tmp, out_dir, manifest, fitted, users)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):  # a full or read-only disk: name the dataset (np.save's error does not)
+            reason = err.strerror or f"{err} (a full disk?)"
+            raise WriteError(f"cannot write {out_dir} (prepared dataset): {reason}") from err
         raise
 
 

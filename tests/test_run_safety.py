@@ -163,6 +163,15 @@ def test_full_disk_keeps_the_previous_predictions(one_task_run):
                                f"{work / 'file'} is a file, not a folder"
 
 
+def test_full_disk_while_preparing_leaves_no_dataset(tmp_path):
+    proc = run_console("mose-prep", "data_prep.cli", ["data.source.n_events=3000", f"paths.data_dir={tmp_path / 'data'}",
+                                                      "hydra.output_subdir=null", f"hydra.run.dir={tmp_path / 'run'}"],
+                       tmp_path, preexec_fn=full_disk(8000))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert error_line(proc).startswith(f"error: cannot write {tmp_path / 'data' / 'synthetic'} (prepared dataset): ")
+    assert not [p for p in (tmp_path / "data").iterdir() if p.is_dir()]  # no dataset, no temp folder
+
+
 def test_report_names_a_corrupt_metrics_json(tmp_path):
     good, bad = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
     good.mkdir(parents=True)
