@@ -44,6 +44,11 @@ def _first_lines(err: BaseException, n: int = 3) -> str:
     return " ".join(ln.strip() for ln in str(err).strip().splitlines()[:n] if ln.strip())
 
 
+def _lightning_misconfiguration(err: BaseException | None) -> bool:
+    """Lightning's ``MisconfigurationException`` (by name: this module does not import Lightning)."""
+    return err is not None and any(c.__name__ == "MisconfigurationException" for c in type(err).__mro__)
+
+
 def _hydra_message(err: BaseException) -> str | None:
     """The message of a Hydra / OmegaConf error about the config or the command line (None: not one)."""
     from hydra.errors import HydraException, InstantiationException
@@ -51,7 +56,9 @@ def _hydra_message(err: BaseException) -> str | None:
 
     if isinstance(err, InstantiationException):
         # a _target_ called with arguments it does not take, or that it refuses; not a bug inside it
-        if not isinstance(err.__cause__, (TypeError, ValueError, ImportError, AttributeError)):
+        cause = err.__cause__
+        if not isinstance(cause, (TypeError, ValueError, ImportError, AttributeError)) and \
+                not _lightning_misconfiguration(cause):
             return None
         return _first_lines(err)
     if isinstance(err, OmegaConfBaseException):  # e.g. a mandatory value (???) not given
@@ -92,6 +99,8 @@ def error_message(err: BaseException) -> tuple[int, str] | None:
     ours = (ConfigError, CheckpointError, InputError, WriteError) + ((schema.SchemaError,) if schema else ())
     if isinstance(err, ours):
         return EXIT_CODES["input"], f"error: {err}"
+    if _lightning_misconfiguration(err):  # e.g. a trainer setting Lightning refuses
+        return EXIT_CODES["input"], f"error: {_first_lines(err)}"
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return EXIT_CODES["input"], f"error: {where}{err.strerror or err}"
