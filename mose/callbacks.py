@@ -53,8 +53,9 @@ class ResumeCheckpoint(Checkpoint):
 
     A :class:`~pytorch_lightning.callbacks.Checkpoint`: Lightning runs it after the callbacks that are not
     checkpoints and after the ``ModelCheckpoint`` configured before it, so the state it saves holds this
-    validation's early-stopping count and best checkpoint. The checkpoint saved at the end of training is marked ``finished``: resuming from it (``resume=auto``
-    on a finished run, or one killed while testing) trains nothing and goes straight to testing.
+    validation's early-stopping count and best checkpoint. The checkpoint saved at the end of training
+    is marked ``finished``: resuming from it (``resume=auto`` on a finished run, or one killed while
+    testing) trains nothing and goes straight to testing.
     The trainer's checkpoint writes (this callback's and ``ModelCheckpoint``'s) go through
     :class:`AtomicCheckpointIO` unless another checkpoint IO is configured.
     """
