@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import console, error_line, run_console
 
+from data_prep.paths import ROOT
 from mose.callbacks import load_checkpoint
-from mose.paths import ROOT
 
 TINY = ["data.source.n_events=1500", "data.source.n_users=40", "data.source.n_items=40", "model.embed_dim=4",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "threads=1"]
