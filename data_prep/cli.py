@@ -8,7 +8,7 @@ stats): every event is in the test split and ids unseen by the fit map to OOV, s
 ckpt_path=... data_dir=outputs/data/day2`` scores a model trained on the first folder on all of it.
 
 Bad input stops with ``error: <what, which column, which rows>`` on stderr and exit status 2
-(set ``MOSE_TRACEBACK=1`` to see the traceback as well); see :func:`mose.errors.cli_errors`.
+(set ``MOSE_TRACEBACK=1`` to see the traceback as well); see :func:`data_prep.errors.cli_errors`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from data_prep.build import ensure_prepared
 from data_prep.dataset import read_manifest
 from data_prep.paths import CONF_DIR
 from data_prep.schema import SchemaError
-from mose.errors import ConfigError, InputError, cli_errors
+from data_prep.errors import ConfigError, InputError, cli_errors
 
 
 @hydra.main(config_path=CONF_DIR, config_name="prep", version_base="1.3")

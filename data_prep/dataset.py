@@ -25,7 +25,7 @@ from data_prep.fit import FIT_VERSION, FittedState
 from data_prep.schema import SchemaError, event_columns
 from data_prep.sequences import N_PRIOR_BUCKETS
 from data_prep.split import SPLITS
-from mose.errors import WriteError
+from data_prep.errors import WriteError
 
 FORMAT_VERSION = 3  # 3: fit/, users.parquet, ts.npy (2: hist_item int32; 1: int64; both train, neither serves)
 FIT_DIR = "fit"

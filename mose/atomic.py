@@ -5,8 +5,8 @@
     with atomic_path("model.onnx", "exported model") as tmp:   # writers that need a path
         ...
 
-A failed write raises :class:`~mose.errors.WriteError` ``cannot write <path> (<what>): <reason>``, which the
-console scripts print as ``error: ...`` with exit status 2 (:func:`mose.errors.cli_errors`).
+A failed write raises :class:`~data_prep.errors.WriteError` ``cannot write <path> (<what>): <reason>``, which the
+console scripts print as ``error: ...`` with exit status 2 (:func:`data_prep.errors.cli_errors`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mose.errors import WriteError
+from data_prep.errors import WriteError
 
 
 def temp_name(path: str | Path) -> Path:

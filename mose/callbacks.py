@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mose.atomic import write_file
-from mose.errors import EXIT_CODES, CheckpointError, NonFiniteLossError, cli_errors  # noqa: F401  (re-exported)
+from data_prep.errors import EXIT_CODES, CheckpointError, NonFiniteLossError, cli_errors  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from mose.atomic import write_file
 from mose.compat import check_resume
 from mose.config_checks import monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
-from mose.errors import cli_errors
+from data_prep.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 
@@ -198,7 +198,7 @@ def cli(args: list[str] | dict | None = None, run: bool = True, defaults: dict |
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``mose-cli``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`); LightningCLI's own
+    """``mose-cli``: errors as ``error: ...`` and exit 2 (:func:`data_prep.errors.cli_errors`); LightningCLI's own
     argument errors exit 2 as well."""
     args = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():

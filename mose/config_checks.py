@@ -25,7 +25,7 @@ from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
 from mose.callbacks import NONFINITE_MODES
-from mose.errors import ConfigError
+from data_prep.errors import ConfigError
 from mose.metrics import MultiTaskMetrics
 from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES

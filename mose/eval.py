@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from data_prep.build import check_dataset_dir
 from data_prep.paths import CONF_DIR
 from mose.compat import check_data_matches
-from mose.errors import cli_errors
+from data_prep.errors import cli_errors
 from mose.predict import load_module
 from mose.results import summary, write_metrics
 from mose.train import build_datamodule
@@ -51,7 +51,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``mose-eval``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`)."""
+    """``mose-eval``: errors as ``error: ...`` and exit 2 (:func:`data_prep.errors.cli_errors`)."""
     with cli_errors():
         hydra_main()
 

@@ -28,7 +28,7 @@ from data_prep.dataset import FIT_DIR, load_fitted
 from mose.atomic import atomic_path, write_file, write_text
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
-from mose.errors import ConfigError, cli_errors
+from data_prep.errors import ConfigError, cli_errors
 from mose.module import MultiTaskModule, stacked_logits, to_predictions
 from mose.predict import load_module, prepared_root
 

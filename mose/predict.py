@@ -56,7 +56,7 @@ from mose.callbacks import load_checkpoint
 from mose.compat import check_data_matches
 from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
-from mose.errors import CheckpointError, ConfigError, cli_errors
+from data_prep.errors import CheckpointError, ConfigError, cli_errors
 from mose.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``mose-predict``: errors as ``error: ...`` and exit 2 (:func:`mose.errors.cli_errors`)."""
+    """``mose-predict``: errors as ``error: ...`` and exit 2 (:func:`data_prep.errors.cli_errors`)."""
     with cli_errors():
         hydra_main()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from mose.atomic import write_file, write_text
-from mose.errors import ConfigError, InputError, cli_errors
+from data_prep.errors import ConfigError, InputError, cli_errors
 from mose.metrics import REPORT, metric_spec, shown_in
 
 

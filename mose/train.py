@@ -20,7 +20,7 @@ from mose.callbacks import find_resume_checkpoint
 from mose.compat import check_resume
 from mose.config_checks import check_config, monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
-from mose.errors import cli_errors
+from data_prep.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
 from mose.results import summary, write_metrics

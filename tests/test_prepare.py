@@ -22,6 +22,7 @@ from conftest import CATEGORICAL, COHORTS, NUMERIC, PREP, TASKS, load
 from data_prep import build
 from data_prep.build import ensure_prepared
 from data_prep.dataset import FORMAT_VERSION, load_fitted, read_manifest
+from data_prep.errors import WriteError
 from data_prep.fit import check_item_vocab
 from data_prep.options import PrepOptions
 from data_prep.prepare import prepare
@@ -399,7 +400,7 @@ def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
         return real_save(file, arr, *args, **kwargs)
 
     monkeypatch.setattr(np, "save", failing_save)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(WriteError, match=r"cannot write .*ds \(prepared dataset\): disk full \(simulated\)"):
         prepare(events, spec, out, replace(PREP, history_len=7), config={"v": 2})
     assert len(calls) == 4 and Path(calls[0]).parent != out  # it was writing elsewhere
     monkeypatch.undo()
@@ -428,7 +429,7 @@ def test_failed_swap_restores_previous_dataset(events, spec, tmp_path, monkeypat
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename_new_fails)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(WriteError, match=r"cannot write .*ds \(prepared dataset\): rename failed \(simulated\)"):
         prepare(events, spec, out, PREP, config={"v": 2})
     monkeypatch.undo()
     assert read_manifest(out)["config"] == {"v": 1}

@@ -87,7 +87,7 @@ def test_eval_on_a_later_log_transformed_with_the_training_fit(checkpoint, tmp_p
 
 
 def test_ranking_score_is_weighted_product():
-    from mose.errors import ConfigError
+    from data_prep.errors import ConfigError
     from mose.predict import ranking_score
 
     p = {"click": np.array([0.5, 0.2]), "like": np.array([0.25, 1.0])}

@@ -111,7 +111,7 @@ def test_eval_reproduces_test_metrics(trained):
 
 
 def test_eval_rejects_missing_checkpoint(tmp_path):
-    from mose.errors import CheckpointError
+    from data_prep.errors import CheckpointError
     from mose.eval import evaluate
 
     cfg = compose_with_output("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "eval")

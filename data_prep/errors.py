@@ -6,7 +6,7 @@
 
 Input, config and environment errors print one line ``error: ...`` on stderr (naming the column, rows,
 config key or file) and exit with status 2; a non-finite loss exits 3, SIGTERM 143 (checkpoint saved).
-Light on imports: ``mose-report`` uses it without loading torch.
+Light on imports: ``mose-report`` uses it without loading torch; it lives in data_prep, which imports nothing from mose.
 """
 
 from __future__ import annotations
