@@ -24,6 +24,7 @@ from data_prep.build import event_spec
 from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
+from data_prep.split import SplitOptions
 from mose.callbacks import NONFINITE_MODES
 from mose.errors import ConfigError
 from mose.metrics import MultiTaskMetrics
@@ -135,6 +136,7 @@ def check_data(data: Mapping) -> None:
     try:
         event_spec(dict(data))
         PrepOptions.from_config(data.get("prep"))
+        SplitOptions.from_config(data.get("split"))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
     if isinstance(data.get("source"), Mapping):

@@ -17,6 +17,7 @@ from data_prep.partitioned import prepare_partitioned
 from data_prep.prepare import prepare
 from data_prep.schema import EventSpec
 from data_prep.sources.synthetic import generate
+from data_prep.split import SplitOptions
 from mose.data.datamodule import EventDataModule
 
 SAME_EXCEPT = {"partitions", "config", "config_hash"}
@@ -91,6 +92,12 @@ def test_partitioned_equals_in_memory_with_ties_string_ids_and_unseen(tmp_path):
     assert_same_dataset(memory, prepare_partitioned(later, spec, tmp_path / "later-parts", prep, fit_from=reference,
                                                     n_partitions=3, slice_rows=1_000))
     assert read_manifest(memory)["splits"]["test"] == read_manifest(memory)["n_events"]
+    # the user split (data.split.by=user): the hash of the user id alone, so partitions agree too
+    by_user = SplitOptions(by="user", seed=3)
+    memory = prepare(pl.read_parquet(files), spec, tmp_path / "user-memory", prep, split=by_user)
+    assert_same_dataset(memory, prepare_partitioned(files, spec, tmp_path / "user-parts", prep, n_partitions=4,
+                                                    slice_rows=1_000, split=by_user))
+    assert read_manifest(memory)["split"]["by"] == "user"
 
 
 def test_partitioned_synthetic_loads_in_the_datamodule(tmp_path):
