@@ -36,6 +36,7 @@ from mose.nn.sequence import CELLS
 
 log = logging.getLogger(__name__)
 
+ID_DROPOUT_KEYS = ("user", "item")  # id_dropout.<key>: the batch id columns that may be replaced by OOV
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
 MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES}
@@ -228,6 +229,10 @@ def check_config(cfg: DictConfig | Mapping) -> None:
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be a positive integer (or -1 for no limit)")
+    for key, value in _section(cfg, "id_dropout").items():
+        if key not in ID_DROPOUT_KEYS:
+            raise ConfigError(f"id_dropout.{key}: unknown key (id_dropout has {', '.join(ID_DROPOUT_KEYS)})")
+        _check_value(f"id_dropout.{key}", "id_dropout", value)
     nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}
     if nonfinite.get("mode") is not None:
         _one_of("callbacks.nonfinite.mode", nonfinite["mode"], NONFINITE_MODES)

@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, data=data,
         weighting=OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None,
         fingerprint=manifest.get("fingerprint"),
+        id_dropout=OmegaConf.to_container(cfg.id_dropout, resolve=True) if cfg.get("id_dropout") else None,
     )
     logger = instantiate(cfg.logger)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
