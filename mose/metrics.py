@@ -154,6 +154,7 @@ class MultiTaskMetrics(Metric):
     def __init__(self, tasks: dict[str, str], cohorts: dict[str, list[str]]) -> None:
         super().__init__()
         self.tasks, self.cohorts = dict(tasks), {k: list(v) for k, v in cohorts.items()}
+        self.per_user: dict[str, list] = {}  # set by compute()
         for name in ("preds", "targets", "users", "cohort_codes"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -175,10 +176,26 @@ class MultiTaskMetrics(Metric):
                 out[f"{m.name}_mean"] = float(torch.tensor(values, dtype=torch.double).nanmean())
         return out
 
+    def _user_aucs(self, group: str, preds: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> None:
+        """Append each binary task's per-user AUC and event count (valid users only) of ``group`` to ``per_user``."""
+        for i, (task, kind) in enumerate(self.tasks.items()):
+            if kind != BINARY or not len(users):
+                continue
+            per_user, n, valid = grouped_auc(preds[:, i], targets[:, i], users)
+            keys = torch.unique(users)  # grouped_auc's groups, ascending
+            for col, v in (("group", [group] * int(valid.sum())), ("task", [task] * int(valid.sum())),
+                           ("user_key", keys[valid].tolist()), ("auc", per_user[valid].tolist()),
+                           ("n", n[valid].tolist())):
+                self.per_user[col].extend(v)
+
     def compute(self) -> dict[str, float]:
+        """The flat metrics; also sets ``per_user`` (``{group, task, user_key, auc, n}`` lists: each binary task's
+        AUC per user with both classes, ``group`` "all" or ``<cohort>=<value>``), what GAUC averages."""
         preds, targets = dim_zero_cat(self.preds), dim_zero_cat(self.targets)
         users, codes = dim_zero_cat(self.users), dim_zero_cat(self.cohort_codes)
+        self.per_user = {c: [] for c in ("group", "task", "user_key", "auc", "n")}
         out = self._scores(preds, targets, users)
+        self._user_aucs("all", preds, targets, users)
         for j, (name, values) in enumerate(self.cohorts.items()):
             for code, value in enumerate(values):
                 rows = codes[:, j] == code
@@ -186,6 +203,7 @@ class MultiTaskMetrics(Metric):
                     scores = self._scores(preds[rows], targets[rows], users[rows])
                     out |= {f"cohort/{name}={value}/{k}": v for k, v in scores.items()}
                     out[f"cohort/{name}={value}/n_events"] = float(rows.sum())
+                    self._user_aucs(f"{name}={value}", preds[rows], targets[rows], users[rows])
         return out
 
 

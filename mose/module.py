@@ -76,6 +76,7 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
         self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
         self.results: dict[str, dict[str, float]] = {}
+        self.per_user: dict[str, dict] = {}  # split -> MultiTaskMetrics.per_user of its last evaluation
         self._undefined_auc: set[tuple[str, str]] = set()  # (split, task) already reported
         self.id_dropout = {k: float(v) for k, v in (id_dropout or {}).items() if v}  # batch key -> probability
 
@@ -168,6 +169,17 @@ class MultiTaskModule(pl.LightningModule):
         except (RuntimeError, AttributeError):  # not attached to a trainer
             return True
 
+    def on_fit_start(self) -> None:
+        """A counting model (``fit_counts``: :class:`mose.models.popularity.Popularity`) counts the train split once."""
+        if hasattr(self.model, "fit_counts"):
+            def batches():
+                for batch in self.trainer.datamodule.train_dataloader():
+                    item, labels = batch["item"], batch["labels"]
+                    if "mask" in batch:
+                        item, labels = item[batch["mask"]], labels[batch["mask"]]
+                    yield item, (self.transformed(labels.to(self.device)) - self.mean) / self.std  # binary: 0/1
+            self.model.fit_counts(batches(), self.binary)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses, logits, _, aux = self._step(self.drop_ids(batch))
         loss, task_weights = self.combined_loss(losses, aux)
@@ -198,6 +210,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def _eval_epoch_end(self, split: str) -> None:
         values = self.metrics[split].compute()
+        self.per_user[split] = self.metrics[split].per_user  # per-user AUCs for mose-report --ci
         self.metrics[split].reset()
         if split in self.gate_usage:
             values |= self._gate_diagnostics(split)

@@ -16,6 +16,21 @@ def write_metrics(path: str | Path, test: dict[str, float], **info) -> Path:
     return write_text(path, json.dumps({**info, "test": test}, indent=2, sort_keys=False), "test metrics")
 
 
+PER_USER = "per_user.parquet"  # beside metrics.json: per-user test AUCs (mose-report --ci bootstraps them)
+
+
+def write_per_user(path: str | Path, per_user: dict) -> Path:
+    """Write :attr:`mose.metrics.MultiTaskMetrics.per_user` (``group, task, user_key, auc, n``) as Parquet, atomically."""
+    import polars as pl
+
+    path = Path(path)
+    tmp = path.with_suffix(".parquet.tmp")
+    schema = {"group": pl.String, "task": pl.String, "user_key": pl.Int64, "auc": pl.Float64, "n": pl.Int64}
+    pl.DataFrame({c: per_user.get(c, []) for c in schema}, schema=schema).write_parquet(tmp)
+    tmp.replace(path)
+    return path
+
+
 def summary(test: dict[str, float], tasks: list[str]) -> str:
     """A per-task table of the test metrics shown in the summary (:data:`mose.metrics.METRICS`), with
     the new vs regular users columns of the cohort metrics when the run has the ``new_user`` cohort."""

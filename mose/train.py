@@ -23,7 +23,7 @@ from mose.data.datamodule import EventDataModule, loader_settings
 from mose.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
-from mose.results import summary, write_metrics
+from mose.results import PER_USER, summary, write_metrics, write_per_user
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,11 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     best = best_ckpt.best_model_score if best_ckpt else None  # val/auc_mean of the tested checkpoint
     best_val = float(best) if best is not None else float(module.results.get("val", {}).get("auc_mean", "nan"))
     if trainer.is_global_zero:
-        path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, data=data["name"],
-                             seed=cfg.seed, checkpoint=best_path,
+        choice = (HydraConfig.get().runtime.get("choices") or {}).get("model")  # model=<name>
+        path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, model_name=choice,
+                             data=data["name"], seed=cfg.seed, checkpoint=best_path,
                              epochs=trainer.current_epoch, global_step=trainer.global_step)
+        write_per_user(out_dir / PER_USER, module.per_user.get("test", {}))
         print(summary(test, list(data["tasks"])))
         print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  (tensorboard --logdir outputs)")
     return test, best_val
