@@ -186,10 +186,12 @@ def check_monitors(cfg: DictConfig | Mapping, tasks: Mapping) -> None:
     first epoch)."""
     names = monitored_metrics(tasks)
     for name, cb in (cfg.get("callbacks") or {}).items():
-        monitor = (cb or {}).get("monitor")
+        # callbacks.monitor (one key for checkpointing and early stopping, mose.train.callback_configs)
+        monitor, key = (cb, "callbacks.monitor") if name == "monitor" else \
+            ((cb or {}).get("monitor"), f"callbacks.{name}.monitor")
         if monitor is None or monitor in names or str(monitor).startswith(MONITOR_PREFIXES):
             continue
-        raise ConfigError(f"callbacks.{name}.monitor={monitor}: not a metric this run logs; it logs "
+        raise ConfigError(f"{key}={monitor}: not a metric this run logs; it logs "
                           f"{', '.join(names)} and {'... / '.join(MONITOR_PREFIXES)}...")
 
 
@@ -199,7 +201,12 @@ def monitor_without_binary_tasks(cfg: DictConfig) -> None:
     tasks = _section(cfg, "data").get("tasks")
     if not isinstance(tasks, Mapping) or not tasks or _binary(tasks):
         return
-    for name, cb in (cfg.get("callbacks") or {}).items():
+    callbacks = cfg.get("callbacks") or {}
+    if callbacks.get("monitor") == "val/auc_mean":  # the one key of mose.train.callback_configs
+        with open_dict(callbacks):
+            callbacks.monitor = "val/loss"
+        log.warning("no binary task (no val/auc_mean): callbacks.monitor is val/loss (mode=min)")
+    for name, cb in callbacks.items():
         if isinstance(cb, DictConfig) and cb.get("monitor") == "val/auc_mean":
             with open_dict(cb):
                 cb.monitor, cb.mode = "val/loss", "min"

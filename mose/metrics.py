@@ -131,6 +131,19 @@ def shown_in(output: str | None = None) -> tuple[str, ...]:
     return tuple(m.name for m in METRICS if output is None or output in m.shown)
 
 
+def monitor_mode(key: str) -> str:
+    """``"max"`` or ``"min"``: the direction of a metric key a callback monitors (``callbacks.monitor``):
+    ``min`` for a loss, else by the metric's ``higher_is_better`` (``val/gauc_mean``, ``val/click/logloss``,
+    ``val/cohort/<c>=<v>/<task>/<metric>``). Which keys a run logs is checked by ``mose.config_checks``."""
+    last = key.split("/")[-1]
+    if last == "loss":
+        return "min"
+    spec = metric_spec(last.removesuffix("_mean"))
+    if spec is None:
+        raise ValueError(f"{key}: no metric '{last}' (metrics: {', '.join(shown_in())}, loss)")
+    return "max" if spec.higher_is_better else "min"
+
+
 def metric_keys(tasks: dict[str, str], output: str) -> list[str]:
     """The ``<task>/<name>`` keys then the ``<name>_mean`` keys that ``output`` shows for ``{task: kind}``."""
     shown = [m for m in METRICS if output in m.shown]

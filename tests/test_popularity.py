@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,6 +13,8 @@ from conftest import compose_with_output
 from hydra.core.global_hydra import GlobalHydra
 from test_train_e2e import data_overrides
 
+from mose.config_checks import ConfigError, check_config
+from mose.metrics import monitor_mode
 from mose.models.popularity import Popularity
 from mose.nn.embeddings import InputSpec
 from mose.report import main as report_main
@@ -48,7 +51,8 @@ def two_models(events_parquet, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("popularity")
     results = {}
-    for model, extra in (("popularity", []), ("mmoe", ["model.embed_dim=8", "model.expert=[16]", "model.tower=[8]"])):
+    mmoe = ["model.embed_dim=8", "model.expert=[16]", "model.tower=[8]", "callbacks.monitor=val/gauc_mean"]
+    for model, extra in (("popularity", []), ("mmoe", mmoe)):
         run_dir = tmp / "sweep" / model
         cfg = compose_with_output("train", data_overrides(events_parquet, tmp / "data") + [
             f"model={model}", *extra, "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "seed=0",
@@ -86,3 +90,30 @@ def test_report_ci_and_cohort_table(two_models, capsys):
     assert "| seen_in_train=unseen |" in text.split("## Test GAUC per cohort")[1]
     with pytest.raises(SystemExit, match="--ci mmoe,nope"):
         report_main([str(sweep), "--ci", "mmoe,nope", "--no-plots"])
+
+
+def test_monitor_sets_checkpointing_and_early_stopping_together(two_models):
+    from mose.train import callback_configs
+
+    run_dir, _ = two_models[1]["mmoe"]
+    info = json.loads((run_dir / "metrics.json").read_text())
+    assert "-gauc" in Path(info["checkpoint"]).name  # selected by val/gauc_mean
+    cbs = callback_configs({"monitor": "val/loss", "model_checkpoint": {"monitor": "val/auc_mean", "mode": "max",
+                                                                        "filename": "x"},
+                            "early_stopping": {"monitor": "val/auc_mean", "mode": "max"}, "other": {"a": 1}})
+    assert cbs[0]["monitor"] == cbs[1]["monitor"] == "val/loss" and cbs[0]["mode"] == cbs[1]["mode"] == "min"
+    assert cbs[0]["filename"] == "epoch{epoch:02d}-loss{val/loss:.4f}" and cbs[2] == {"a": 1}
+
+
+@pytest.mark.parametrize(("key", "mode"), [("val/gauc_mean", "max"), ("val/click/logloss", "min"),
+                                           ("val/watch_time/mse", "min"), ("val/loss", "min"),
+                                           ("val/cohort/seen_in_train=unseen/click/gauc", "max")])
+def test_monitor_mode(key, mode):
+    assert monitor_mode(key) == mode
+
+
+@pytest.mark.parametrize("key", ["test/auc_mean", "val/logloss_mean", "val/clicks/auc"])
+def test_bad_monitor_names_the_key(key):
+    with pytest.raises(ConfigError, match=f"callbacks.monitor={key}: not a metric this run logs"):
+        check_config({"model": {"_target_": "mose.models.popularity.Popularity"},
+                      "data": {"tasks": {"click": {"kind": "binary"}}}, "callbacks": {"monitor": key}})
