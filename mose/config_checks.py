@@ -31,6 +31,7 @@ from mose.metrics import MultiTaskMetrics
 from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
+from mose.models.poso import CODES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 ID_DROPOUT_KEYS = ("user", "item")  # id_dropout.<key>: the batch id columns that may be replaced by OOV
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
-MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES}
+MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES,
+                 "code": CODES}
 
 
 def _section(cfg: DictConfig | Mapping, key: str) -> dict:
