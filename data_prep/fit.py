@@ -169,7 +169,7 @@ class FittedState:
                 raise SchemaError(f"fit_from: data.{key} is {theirs[key]}, the fitted dataset's is {mine[key]}")
         for key, value in options.to_dict().items():
             fitted = self.options.to_dict()[key]
-            if key not in ("val_frac", "test_frac") and value != fitted:
+            if key not in ("val_frac", "test_frac", "new_user_train_fraction") and value != fitted:
                 raise SchemaError(f"fit_from: data.prep.{key}={value}, the fitted dataset used {fitted}")
 
     def to_dir(self, path: str | Path) -> Path:

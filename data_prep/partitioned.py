@@ -48,7 +48,7 @@ from data_prep.fit import FitStats, finish, fit_stats
 from data_prep.options import PrepOptions
 from data_prep.schema import FILE, FILE_ROW, TS, USER, EventSpec, SchemaError, validate
 from data_prep.sequences import user_runs
-from data_prep.split import SplitOptions, check_nonempty, label_ranges, split_assignment, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_nonempty, downsample_new_users, label_ranges, split_assignment, warn_degenerate_tasks
 from data_prep.transform import log_frame, stream_arrays, transform
 
 
@@ -114,6 +114,8 @@ def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOption
             validate(_with_file_rows(df, raw), spec)  # the same error, naming the raw file's rows
             raise
         frame = log_frame(df, assign)
+        if assign is not None:
+            frame = downsample_new_users(frame, options.new_user_train_fraction, options.new_user_max_prior)
         del df
         ranges.append(label_ranges(frame, spec))
         runs = frame.select(pl.col(USER).rle()).unnest(USER)  # users in sorted order, consecutive
@@ -172,15 +174,17 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         t2 = time.perf_counter()
         for name, (dtype, shape) in row_shapes(fitted).items():
             _open(tmp, name, (n, *shape), dtype)  # preallocated (sparse) file with its .npy header
-        split_counts = np.zeros(3, dtype=np.int64)
+        split_counts = np.zeros(N_CODES, dtype=np.int64)
         for files in part_files:
             frame = log_frame(pl.read_parquet(files), expr)
+            if expr is not None:
+                frame = downsample_new_users(frame, options.new_user_train_fraction, options.new_user_max_prior)
             arrays = transform(frame, fitted)
             keys = frame.select(pl.col(USER)).join(users.select(USER, "_key", "_offset"), on=USER, how="left",
                                                    maintain_order="left")
             arrays["user_key"] = keys["_key"].to_numpy()
             dest = keys["_offset"].to_numpy() + (np.arange(frame.height) - user_runs(frame[USER])[1])
-            split_counts += np.bincount(arrays["split"], minlength=3)
+            split_counts += np.bincount(arrays["split"], minlength=N_CODES)
             del frame, keys
             contiguous = dest[-1] - dest[0] + 1 == len(dest)  # one partition, or users in one block
             for name, arr in arrays.items():

@@ -20,7 +20,7 @@ from data_prep.dataset import checksum, config_hash, load_fitted, manifest_field
 from data_prep.fit import FittedState, fit
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
-from data_prep.split import SplitOptions, check_nonempty, label_ranges, split_assignment, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_nonempty, downsample_new_users, label_ranges, split_assignment, warn_degenerate_tasks
 from data_prep.transform import log_frame, stream_arrays, transform, user_layout
 
 
@@ -34,7 +34,8 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
     fitted = load_fitted(fit_from) if fit_from is not None else None
     if fitted is None:
         expr, cuts = split_assignment(split, options.val_frac, options.test_frac, events[TS])
-        frame = log_frame(events, expr)
+        frame = downsample_new_users(log_frame(events, expr), options.new_user_train_fraction,
+                                     options.new_user_max_prior)
         check_nonempty(label_ranges(frame, spec), split, options.val_frac, options.test_frac)
         fitted = fit(frame, spec, options, cuts)
     else:
@@ -45,7 +46,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
     arrays = transform(frame, fitted)
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}
-    fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=3),
+    fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=N_CODES),
                              cuts=cuts, n_user_keys=len(users), fit_from=None if fit_from is None else str(fit_from))
     fields["split"] = split.to_dict() if fit_from is None else {"by": "fit_from"}
     return arrays, fitted, users, fields

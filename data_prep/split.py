@@ -27,6 +27,8 @@ from data_prep.schema import TS, USER, EventSpec, SchemaError
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = ("train", "val", "test")
+DROPPED = 3  # a train event left out by data.prep.new_user_train_fraction: in histories, never trained on
+N_CODES = 4  # split codes: the three splits and DROPPED
 SPLIT_BY = ("time", "user", "file")  # data.split.by; the first is the default
 SPLIT_COLUMN = "_split"  # by=file: each event's part (0 train, 1 val, 2 test), set when its file is read
 USER_HASH_SEED = 7_919  # added to data.split.seed: the split hash is independent of the partition hash (seed 0)
@@ -95,6 +97,20 @@ def split_assignment(split: SplitOptions, val_frac: float, test_frac: float, ts:
     if split.by == "user":
         return user_split_expr(val_frac, test_frac, split.seed), (first, first)
     return pl.col(SPLIT_COLUMN).cast(pl.Int8).alias("split"), (first, first)
+
+
+def downsample_new_users(frame: pl.DataFrame, fraction: float, max_prior: int) -> pl.DataFrame:
+    """``data.prep.new_user_train_fraction``: keep a ``fraction`` of the new-user train events (``n_prior <
+    max_prior``), chosen by a hash of the user and the event's row; the others get :data:`DROPPED` (they stay
+    in later events' histories and counts, as events that happened, but are neither trained on nor fitted).
+    ``frame`` is a :func:`data_prep.transform.log_frame` (``_row`` is the event's row in the whole log, so every
+    prep path drops the same events)."""
+    if fraction >= 1:
+        return frame
+    u = (pl.struct(USER, "_row").hash(seed=USER_HASH_SEED) % HASH_BINS).cast(pl.Float64) / HASH_BINS
+    drop = (pl.col("split") == TRAIN) & (pl.col("n_prior") < max_prior) & (u >= fraction)
+    return frame.with_columns(pl.when(drop).then(pl.lit(DROPPED, dtype=pl.Int8)).otherwise(pl.col("split"))
+                              .alias("split"))
 
 
 def check_nonempty(ranges: pl.DataFrame, split: SplitOptions, val_frac: float, test_frac: float) -> None:
@@ -170,7 +186,8 @@ def warn_degenerate_tasks(ranges: pl.DataFrame, spec: EventSpec) -> list[str]:
     One class in train: the task cannot be learned. A binary task without positives (or
     negatives) in val / test: its AUC and GAUC there are undefined (NaN, left out of ``auc_mean``).
     """
-    merged = ranges.group_by("split").agg(pl.col("n").sum(), pl.col("^.*:min$").min(), pl.col("^.*:max$").max())
+    merged = ranges.filter(pl.col("split") < len(SPLITS)).group_by("split").agg(
+        pl.col("n").sum(), pl.col("^.*:min$").min(), pl.col("^.*:max$").max())
     warnings = []
     for row in merged.sort("split").iter_rows(named=True):  # at most 3 splits
         split, n = SPLITS[row["split"]], row["n"]

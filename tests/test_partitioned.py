@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -93,11 +94,12 @@ def test_partitioned_equals_in_memory_with_ties_string_ids_and_unseen(tmp_path):
                                                     n_partitions=3, slice_rows=1_000))
     assert read_manifest(memory)["splits"]["test"] == read_manifest(memory)["n_events"]
     # the user split (data.split.by=user): the hash of the user id alone, so partitions agree too
-    by_user = SplitOptions(by="user", seed=3)
-    memory = prepare(pl.read_parquet(files), spec, tmp_path / "user-memory", prep, split=by_user)
-    assert_same_dataset(memory, prepare_partitioned(files, spec, tmp_path / "user-parts", prep, n_partitions=4,
+    # and new-user train events downsampled (data.prep.new_user_train_fraction): the same events dropped
+    by_user, fewer = SplitOptions(by="user", seed=3), replace(prep, new_user_train_fraction=0.5)
+    memory = prepare(pl.read_parquet(files), spec, tmp_path / "user-memory", fewer, split=by_user)
+    assert_same_dataset(memory, prepare_partitioned(files, spec, tmp_path / "user-parts", fewer, n_partitions=4,
                                                     slice_rows=1_000, split=by_user))
-    assert read_manifest(memory)["split"]["by"] == "user"
+    assert read_manifest(memory)["split"]["by"] == "user" and read_manifest(memory)["dropped_train"] > 0
 
 
 def test_partitioned_synthetic_loads_in_the_datamodule(tmp_path):

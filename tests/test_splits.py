@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -109,3 +111,51 @@ def test_user_split_with_too_few_users_is_refused(events, spec, tmp_path):
     few = events.filter(pl.col("user_id").is_in(events["user_id"].unique().sort()[:3].to_list()))
     with pytest.raises(SchemaError, match="the user split leaves the .* empty"):
         prepare(few, spec, tmp_path / "few", PREP, split=USER_SPLIT)
+
+
+def test_new_user_train_fraction_drops_new_user_train_events_but_keeps_their_history(events, spec, prepared,
+                                                                                     tmp_path):
+    from dataclasses import replace
+
+    from data_prep.split import DROPPED
+    from mose.data.datasets import EventSplit
+
+    full_root, full = prepared
+    root = prepare(events, spec, tmp_path / "fewer", replace(PREP, new_user_train_fraction=0.25))
+    split, n_prior, ref = load(root, "split"), load(root, "n_prior"), load(full_root, "split")
+    new_train = (ref == 0) & (n_prior < PREP.new_user_max_prior)
+    dropped = split == DROPPED
+    assert (dropped <= new_train).all() and abs(dropped.sum() / new_train.sum() - 0.75) < 0.05
+    np.testing.assert_array_equal(split[~dropped], ref[~dropped])  # nothing else moves
+    for name in ("n_prior", "prior_bucket"):  # dropped events still count as history
+        np.testing.assert_array_equal(load(root, name), load(full_root, name))
+    # (item codes differ: the vocabulary is fitted without the dropped events; the history slots are the same)
+    np.testing.assert_array_equal(load(root, "hist_item") > 0, load(full_root, "hist_item") > 0)
+    manifest = read_manifest(root)
+    assert manifest["dropped_train"] == dropped.sum()
+    assert manifest["splits"]["train"] == full["splits"]["train"] - dropped.sum()
+    assert len(EventSplit(root, "train")) == manifest["splits"]["train"]
+    with pytest.raises(ConfigError, match=r"data\.prep\.new_user_train_fraction=1\.5"):
+        check_data({"tasks": {"click": {"kind": "binary"}}, "prep": {"new_user_train_fraction": 1.5}})
+
+
+def test_synthetic_default_new_users_sign_up_over_the_window_and_the_code_tells_them_apart(tmp_path):
+    """conf/data/synthetic.yaml's generator settings, fewer events: ~6% new-user events, in train and test
+    alike, and the days_since_signup code separates them from regulars with few earlier events in the log."""
+    import yaml
+    from data_prep.paths import CONF_DIR
+    from data_prep.sources.synthetic import generate
+
+    conf = yaml.safe_load((Path(CONF_DIR) / "data" / "synthetic.yaml").read_text())
+    source = {k: v for k, v in conf["source"].items() if k != "_target_"}
+    events = generate(**{**source, "n_events": 60_000, "n_users": 300})
+    share = (events["user_group"] == "new").mean()
+    assert 0.03 < share < 0.09
+    ts = events["ts"]
+    first_fifth = events.filter(ts < ts.quantile(0.2))
+    assert (first_fifth["user_group"] == "new").sum() > 0  # truly new users early in the log (train) too
+    assert conf["prep"]["personalization"] == ["days_since_signup"]
+    regular_early = events.filter(pl.col("user_group") == "regular").group_by("user_id").agg(
+        pl.col("days_since_signup").min())
+    new = events.filter(pl.col("user_group") == "new")
+    assert regular_early["days_since_signup"].min() >= 30 and new["days_since_signup"].max() < 30
