@@ -48,7 +48,7 @@ from data_prep.fit import FitStats, finish, fit_stats
 from data_prep.options import PrepOptions
 from data_prep.schema import FILE, FILE_ROW, TS, USER, EventSpec, SchemaError, validate
 from data_prep.sequences import user_runs
-from data_prep.split import N_CODES, SplitOptions, check_nonempty, downsample_new_users, label_ranges, split_assignment, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform
 
 
@@ -113,9 +113,7 @@ def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOption
         except SchemaError:
             validate(_with_file_rows(df, raw), spec)  # the same error, naming the raw file's rows
             raise
-        frame = log_frame(df, assign)
-        if assign is not None:
-            frame = downsample_new_users(frame, options.new_user_train_fraction, options.new_user_max_prior)
+        frame = log_frame(df, assign, options)
         del df
         ranges.append(label_ranges(frame, spec))
         runs = frame.select(pl.col(USER).rle()).unnest(USER)  # users in sorted order, consecutive
@@ -123,9 +121,7 @@ def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOption
         if assign is not None:
             stats.append(fit_stats(frame, spec, options))
         del frame
-    if assign is not None:
-        check_nonempty(pl.concat(ranges), split, options.val_frac, options.test_frac)
-    warn_degenerate_tasks(pl.concat(ranges), spec)
+    check_splits(pl.concat(ranges), spec, split if assign is not None else None, options.val_frac, options.test_frac)
     return pl.concat(users).sort(USER), stats
 
 
@@ -176,9 +172,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
             _open(tmp, name, (n, *shape), dtype)  # preallocated (sparse) file with its .npy header
         split_counts = np.zeros(N_CODES, dtype=np.int64)
         for files in part_files:
-            frame = log_frame(pl.read_parquet(files), expr)
-            if expr is not None:
-                frame = downsample_new_users(frame, options.new_user_train_fraction, options.new_user_max_prior)
+            frame = log_frame(pl.read_parquet(files), expr, options)
             arrays = transform(frame, fitted)
             keys = frame.select(pl.col(USER)).join(users.select(USER, "_key", "_offset"), on=USER, how="left",
                                                    maintain_order="left")

@@ -20,7 +20,7 @@ from data_prep.dataset import checksum, config_hash, load_fitted, manifest_field
 from data_prep.fit import FittedState, fit
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
-from data_prep.split import N_CODES, SplitOptions, check_nonempty, downsample_new_users, label_ranges, split_assignment, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform, user_layout
 
 
@@ -34,15 +34,14 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
     fitted = load_fitted(fit_from) if fit_from is not None else None
     if fitted is None:
         expr, cuts = split_assignment(split, options.val_frac, options.test_frac, events[TS])
-        frame = downsample_new_users(log_frame(events, expr), options.new_user_train_fraction,
-                                     options.new_user_max_prior)
-        check_nonempty(label_ranges(frame, spec), split, options.val_frac, options.test_frac)
+        frame = log_frame(events, expr, options)
         fitted = fit(frame, spec, options, cuts)
     else:
         fitted.check_compatible(spec, options)
         first = int(events[TS].min())
         cuts, frame = (first, first), log_frame(events, None)
-    warn_degenerate_tasks(label_ranges(frame, spec), spec)
+    check_splits(label_ranges(frame, spec), spec, split if fit_from is None else None, options.val_frac,
+                 options.test_frac)
     arrays = transform(frame, fitted)
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}

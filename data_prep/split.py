@@ -113,6 +113,14 @@ def downsample_new_users(frame: pl.DataFrame, fraction: float, max_prior: int) -
                               .alias("split"))
 
 
+def check_splits(ranges: pl.DataFrame, spec: EventSpec, split: SplitOptions | None, val_frac: float,
+                 test_frac: float) -> list[str]:
+    """:func:`check_nonempty` (with ``split``: a fitted split), then :func:`warn_degenerate_tasks`; returns its warnings."""
+    if split is not None:
+        check_nonempty(ranges, split, val_frac, test_frac)
+    return warn_degenerate_tasks(ranges, spec)
+
+
 def check_nonempty(ranges: pl.DataFrame, split: SplitOptions, val_frac: float, test_frac: float) -> None:
     """Refuse a user or file split that leaves train, or val / test with a fraction > 0, without events
     (``ranges``: :func:`label_ranges` of one or several partitions)."""

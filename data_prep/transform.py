@@ -19,6 +19,7 @@ import polars as pl
 
 from data_prep.arrays import ARRAYS
 from data_prep.fit import ACTIVITY, NEW_USER, SEEN_IN_TRAIN, UNKNOWN, FittedState, vocab_columns
+from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,
@@ -30,22 +31,27 @@ from data_prep.sequences import (
     stream_chunks,
     user_runs,
 )
-from data_prep.split import TEST, TRAIN, split_expr
+from data_prep.split import TEST, TRAIN, downsample_new_users, split_expr
 from data_prep.vocab import NO_COHORT, OOV, UNSEEN, encode
 
 if TYPE_CHECKING:
     from data_prep.history import HistoryLog
 
 
-def log_frame(events: pl.DataFrame, split: tuple[int, int] | pl.Expr | None) -> pl.DataFrame:
+def log_frame(events: pl.DataFrame, split: tuple[int, int] | pl.Expr | None, options: PrepOptions | None = None
+              ) -> pl.DataFrame:
     """``events`` sorted by ``(user, ts, _row)`` with ``split`` (time ``cuts``, or the expression of
     :func:`data_prep.split.split_assignment`; all test without), ``n_prior`` and ``_end`` (each event's
-    history is rows ``[_end - n_prior, _end)``)."""
+    history is rows ``[_end - n_prior, _end)``). With ``options`` (a split being fitted), new-user train
+    events are downsampled by ``options.new_user_train_fraction`` (:func:`data_prep.split.downsample_new_users`)."""
     df = sort_events(events)
     ends, n_prior = prior_rows(df)
     if not isinstance(split, pl.Expr):
         split = split_expr(*split) if split is not None else pl.lit(TEST, dtype=pl.Int8).alias("split")
-    return df.with_columns(split, pl.Series("n_prior", n_prior), pl.Series("_end", ends))
+    df = df.with_columns(split, pl.Series("n_prior", n_prior), pl.Series("_end", ends))
+    if options is None:
+        return df
+    return downsample_new_users(df, options.new_user_train_fraction, options.new_user_max_prior)
 
 
 def seen_in_train(events: pl.DataFrame, user_codes: np.ndarray) -> np.ndarray:

@@ -239,9 +239,10 @@ def ci_table(runs: list[dict], a: str, b: str, n_boot: int = N_BOOT) -> str:
         if not pairs:
             lines.append(f"\n{data}: no seeds with per_user.parquet for both {a} and {b}\n")
             continue
-        lines += [f"\n**{data}**: {a} - {b}, test GAUC, {len(pairs)} paired seed(s) "
-                  f"({', '.join(str(s) for s in seeds)}), 95% bootstrap over users{' and seeds' if len(pairs) > 1 else ''}"
-                  f" ({n_boot} replicates)\n",
+        over = "users and seeds" if len(pairs) > 1 else "users"
+        title = (f"\n**{data}**: {a} - {b}, test GAUC, {len(pairs)} paired seed(s) ({', '.join(str(s) for s in seeds)}), "
+                 f"95% bootstrap over {over} ({n_boot} replicates)\n")
+        lines += [title,
                   f"| group | task | users | {a} | {b} | {a} - {b} [95% CI] |", "|---|---|---|---|---|---|"]
         joined = [x.join(y, on=["group", "task", "user_key"], suffix="_b") for x, y in pairs]
         keys = list(dict.fromkeys(joined[0].select("group", "task").iter_rows()))

@@ -101,7 +101,7 @@ def test_poso_movielens_experiment_runs_end_to_end_on_an_ml100k_folder(tmp_path)
     cmd = [sys.executable, "-m", "mose.train", "experiment=poso_movielens", f"data.source.path={folder}",
            "model=poso_all", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
            "trainer.max_epochs=1", "threads=1", "data.batch_size=256"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert "cohort/seen_in_train=unseen/favorite/gauc" in metrics and "rating/mse" in metrics

@@ -157,7 +157,8 @@ def test_code_controls_shuffle_the_code_or_add_every_feature():
     """model.code=shuffled: the gates read the batch's codes permuted across its events; features: the code's
     embedding and every input embedding."""
     torch.manual_seed(0)
-    args = dict(embed_dim=4, n_experts=3, expert=[16], tower=[16], mlp_poso=True, mha_poso=True, mmoe_poso=True)
+    args = {"embed_dim": 4, "n_experts": 3, "expert": [16], "tower": [16], "mlp_poso": True, "mha_poso": True,
+            "mmoe_poso": True}
     base = PosoMMoE(SPEC, TASKS, **args)
     shuffled = PosoMMoE(SPEC, TASKS, code="shuffled", **args)
     shuffled.load_state_dict(base.state_dict())

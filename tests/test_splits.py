@@ -143,6 +143,7 @@ def test_synthetic_default_new_users_sign_up_over_the_window_and_the_code_tells_
     """conf/data/synthetic.yaml's generator settings, fewer events: ~6% new-user events, in train and test
     alike, and the days_since_signup code separates them from regulars with few earlier events in the log."""
     import yaml
+
     from data_prep.paths import CONF_DIR
     from data_prep.sources.synthetic import generate
 
