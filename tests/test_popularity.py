@@ -76,7 +76,8 @@ def test_popularity_trains_through_the_module_and_writes_per_user_aucs(two_model
 
 def test_report_ci_and_cohort_table(two_models, capsys):
     sweep, results = two_models
-    report_main([str(sweep), "--ci", "mmoe,popularity", "--cohorts", "--no-plots", "--n-boot", "300"])
+    report_main([str(sweep), "--ci", "mmoe,popularity", "--cohorts", "--n-boot", "300"])
+    assert (sweep / "cohort_seen_in_train.png").stat().st_size > 1000  # the per-cohort PNG
     text = (sweep / "report.md").read_text()
     assert "## Paired differences: mmoe - popularity" in text and "| popularity |" in text
     line = next(x for x in text.splitlines() if x.startswith("| all | click |"))
