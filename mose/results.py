@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from data_prep.fit import NEW_USER
-from mose.atomic import write_text
+from mose.atomic import write_file, write_text
 from mose.metrics import COHORTS, SUMMARY, metric_spec, shown_in
 
 
@@ -23,12 +23,9 @@ def write_per_user(path: str | Path, per_user: dict) -> Path:
     """Write :attr:`mose.metrics.MultiTaskMetrics.per_user` (``group, task, user_key, auc, n``) as Parquet, atomically."""
     import polars as pl
 
-    path = Path(path)
-    tmp = path.with_suffix(".parquet.tmp")
     schema = {"group": pl.String, "task": pl.String, "user_key": pl.Int64, "auc": pl.Float64, "n": pl.Int64}
-    pl.DataFrame({c: per_user.get(c, []) for c in schema}, schema=schema).write_parquet(tmp)
-    tmp.replace(path)
-    return path
+    frame = pl.DataFrame({c: per_user.get(c, []) for c in schema}, schema=schema)
+    return write_file(path, "per-user test AUCs", frame.write_parquet)
 
 
 def summary(test: dict[str, float], tasks: list[str]) -> str:
