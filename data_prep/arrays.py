@@ -30,7 +30,7 @@ class ArraySpec:
 
 
 ARRAYS: dict[str, ArraySpec] = {
-    "split": ArraySpec(np.int8, (), doc="0 train, 1 val, 2 test"),
+    "split": ArraySpec(np.int8, (), doc="0 train, 1 val, 2 test, 3 a train event left out (new_user_train_fraction)"),
     "user": ArraySpec(np.int64, (), True, True, "user vocabulary index (OOV for users unseen in train)"),
     "user_key": ArraySpec(np.int64, (), True, True, "dense id over all users (row of users.parquet), for GAUC"),
     "item": ArraySpec(np.int64, (), True, True, "item vocabulary index"),

@@ -10,13 +10,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from data_prep.dataset import FORMAT_VERSION, config_hash, load_fitted, read_manifest
 from data_prep.options import PrepOptions
 from data_prep.prepare import prepare
-from data_prep.schema import EventSpec, SchemaError, drop_duplicates
+from data_prep.schema import FILE, EventSpec, SchemaError, drop_duplicates
+from data_prep.split import SPLIT_COLUMN, SPLITS, SplitOptions
 
 try:
     import fcntl
@@ -64,7 +66,9 @@ def check_labels_not_inputs(data: dict, spec: EventSpec) -> None:
 
 def prep_config(data: dict, spec: EventSpec, options: PrepOptions) -> dict:
     """The part of a data config that determines the prepared arrays (not batch sizes or loss weights)."""
-    return {"source": data["source"], "prep": options.to_dict(), "spec": spec.to_dict(weights=False)}
+    config = {"source": data["source"], "prep": options.to_dict(), "spec": spec.to_dict(weights=False)}
+    split = SplitOptions.from_config(data.get("split"))
+    return config if split == SplitOptions() else {**config, "split": split.to_dict()}
 
 
 def source_files_stamp(source: dict) -> list[list]:
@@ -118,7 +122,8 @@ def dataset_config(data: dict, spec: EventSpec | None = None, options: PrepOptio
     """What a prepared dataset's ``config_hash`` covers: :func:`prep_config` and the source files' stamps."""
     spec = spec or event_spec(data)
     options = options or PrepOptions.from_config(data.get("prep"))
-    return {**prep_config(data, spec, options), "source_files": source_files_stamp(data["source"])}
+    files = (SplitOptions.from_config(data.get("split")).files or {})
+    return {**prep_config(data, spec, options), "source_files": source_files_stamp({**data["source"], **files})}
 
 
 def holds_dataset(out: Path, config: dict) -> bool:
@@ -151,6 +156,21 @@ def check_dataset_dir(data: dict, key: str) -> None:
                       "checkpoint's own dataset")
 
 
+def load_split_files(source: dict, split: SplitOptions) -> pl.DataFrame:
+    """``data.split.by=file``: the source read once per part, its ``split.path_key`` set to that part's file, the
+    events concatenated with their part in :data:`data_prep.split.SPLIT_COLUMN` (0 train, 1 val, 2 test)."""
+    parts = []
+    for code, name in enumerate(SPLITS):
+        events = load_events({**source, split.path_key: split.files[name]})
+        if FILE in events.columns:  # each part's file Enum is its own: unify as strings, then one Enum
+            events = events.with_columns(pl.col(FILE).cast(pl.String))
+        parts.append(events.with_columns(pl.lit(code, dtype=pl.Int8).alias(SPLIT_COLUMN)))
+    events = pl.concat(parts, how="diagonal_relaxed")
+    if FILE in events.columns:
+        events = events.with_columns(pl.col(FILE).cast(pl.Enum(events[FILE].unique(maintain_order=True).drop_nulls())))
+    return events
+
+
 def load_events(source: dict):
     """Instantiate the source config; its :class:`SchemaError` comes out as itself, not wrapped by Hydra."""
     missing = [k for k, v in source.items() if v == "???"]
@@ -176,6 +196,7 @@ def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None
     out = Path(data["dir"])
     spec = event_spec(data)
     options = PrepOptions.from_config(data.get("prep"))
+    split = SplitOptions.from_config(data.get("split"))
     config = dataset_config(data, spec, options)
     if fit_from is not None:
         if Path(fit_from).resolve() == out.resolve():
@@ -191,13 +212,14 @@ def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None
         if not force and holds_dataset(out, config):
             return out
         start = time.perf_counter()
-        events = load_events(data["source"])
+        events = load_split_files(data["source"], split) if split.by == "file" and fit_from is None \
+            else load_events(data["source"])
         log.info("loaded %d events from %s in %.1fs", events.height, data["source"].get("_target_"),
                  time.perf_counter() - start)
         events, n_dup = drop_duplicates(events)
         if n_dup:
             log.warning("dropped %d exact duplicate event row(s) (same value in every column); %d left",
                         n_dup, events.height)
-        prepare(events, spec, out, options, config=config, fit_from=fit_from)
+        prepare(events, spec, out, options, config=config, fit_from=fit_from, split=split)
         log.info("prepared %s in %.1fs", out, time.perf_counter() - start)
     return out

@@ -50,6 +50,7 @@ def manifest_fields(fitted: FittedState, *, n_events: int, split_counts, cuts: t
         "layout": "per_event",
         "n_events": int(n_events),
         "splits": {name: int(n) for name, n in zip(SPLITS, split_counts)},
+        "dropped_train": int(split_counts[len(SPLITS)]) if len(split_counts) > len(SPLITS) else 0,
         "cuts": {"val_start": int(cuts[0]), "test_start": int(cuts[1])},
         "spec": spec.to_dict(),
         "vocab_sizes": fitted.vocab_sizes,

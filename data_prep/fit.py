@@ -47,6 +47,8 @@ from data_prep.vocab import (
 FIT_VERSION = 1
 NEW_USER = "new_user"
 ACTIVITY = "activity"
+SEEN_IN_TRAIN = "seen_in_train"  # always a cohort: "seen" (the user has train events) | "unseen"
+SEEN_NAMES = ["seen", "unseen"]
 UNKNOWN = "UNKNOWN"  # the cohort value name of a null
 
 
@@ -93,6 +95,9 @@ def fit_stats(frame: pl.DataFrame, spec: EventSpec, options: PrepOptions) -> Fit
     if options.activity_buckets and ACTIVITY in spec.cohorts:
         raise SchemaError(f"data.cohorts names a column '{ACTIVITY}', the cohort data.prep.activity_buckets adds: "
                           "rename the column")
+    if SEEN_IN_TRAIN in spec.cohorts:
+        raise SchemaError(f"data.cohorts names a column '{SEEN_IN_TRAIN}', the cohort every dataset has "
+                          "(the user has train events or not): rename the column")
     train = frame.filter(pl.col("split") == TRAIN)
     regular = frame["n_prior"] >= options.new_user_max_prior
     cohorts = {}
@@ -164,7 +169,7 @@ class FittedState:
                 raise SchemaError(f"fit_from: data.{key} is {theirs[key]}, the fitted dataset's is {mine[key]}")
         for key, value in options.to_dict().items():
             fitted = self.options.to_dict()[key]
-            if key not in ("val_frac", "test_frac") and value != fitted:
+            if key not in ("val_frac", "test_frac", "new_user_train_fraction") and value != fitted:
                 raise SchemaError(f"fit_from: data.prep.{key}={value}, the fitted dataset used {fitted}")
 
     def to_dir(self, path: str | Path) -> Path:
@@ -236,6 +241,7 @@ def finish(stats: FitStats, spec: EventSpec, options: PrepOptions, cuts: tuple[i
             spec.cohorts else sorted(values)
     if options.activity_buckets:
         cohorts[ACTIVITY] = activity_names(options.activity_buckets)
+    cohorts[SEEN_IN_TRAIN] = list(SEEN_NAMES)
     return FittedState(
         spec=spec, options=options, cuts=(int(cuts[0]), int(cuts[1])), vocabs=vocabs,
         numeric_stats={c: standardizer(merge_moments(m)) for c, m in stats.numeric.items()},

@@ -34,7 +34,9 @@ class PrepOptions:
     quantiles of the split; ``new_user_max_prior`` the prior-event count below which a user is
     "new"; ``stream_len`` / ``stream_overlap`` the per-stream chunks; ``min_count`` the train count
     below which a user / item id shares the OOV index; ``activity_buckets`` ascending prior-event
-    counts of the ``activity`` cohort; ``personalization`` extra columns of the POSO code.
+    counts of the ``activity`` cohort; ``personalization`` extra columns of the POSO code;
+    ``new_user_train_fraction`` the share of new-user train events kept (the rest stay in histories,
+    untrained: :func:`data_prep.split.downsample_new_users`).
     """
 
     history_len: int = 20
@@ -46,6 +48,7 @@ class PrepOptions:
     min_count: int = 1
     activity_buckets: tuple[int, ...] = ()
     personalization: tuple[str, ...] = ()
+    new_user_train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "activity_buckets", tuple(self.activity_buckets or ()))
@@ -56,6 +59,9 @@ class PrepOptions:
             check_number(f"data.prep.{key}", getattr(self, key), allow_zero=True)
         for key in ("val_frac", "test_frac"):
             check_number(f"data.prep.{key}", getattr(self, key), integer=False, allow_zero=True)
+        check_number("data.prep.new_user_train_fraction", self.new_user_train_fraction, integer=False)
+        if self.new_user_train_fraction > 1:
+            raise SchemaError(f"data.prep.new_user_train_fraction={self.new_user_train_fraction}: must be in (0, 1]")
         if self.stream_overlap >= self.stream_len:
             raise SchemaError(f"data.prep.stream_overlap={self.stream_overlap}: must be less than "
                               f"data.prep.stream_len={self.stream_len}")

@@ -48,7 +48,7 @@ from data_prep.fit import FitStats, finish, fit_stats
 from data_prep.options import PrepOptions
 from data_prep.schema import FILE, FILE_ROW, TS, USER, EventSpec, SchemaError, validate
 from data_prep.sequences import user_runs
-from data_prep.split import label_ranges, time_cuts, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform
 
 
@@ -100,10 +100,10 @@ def _with_file_rows(df: pl.DataFrame, files: list[Path]) -> pl.DataFrame:
                                         pl.Series(FILE, np.array(names)[idx]).cast(pl.Enum(names)))
 
 
-def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOptions, cuts: tuple[int, int] | None,
-              raw: list[Path]) -> tuple[pl.DataFrame, list[FitStats]]:
+def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOptions, assign: pl.Expr | None,
+              raw: list[Path], split: SplitOptions) -> tuple[pl.DataFrame, list[FitStats]]:
     """Validate each partition (errors name the ``raw`` files' rows); its users' event counts (``user_id``,
-    ``count``, in id order) and, with ``cuts`` (no earlier fit), its fit statistics. Warns of tasks with one
+    ``count``, in id order) and, with ``assign`` (the split column; no earlier fit), its fit statistics. Warns of tasks with one
     class in a split."""
     users, stats, ranges = [], [], []
     for files in part_files:
@@ -113,22 +113,23 @@ def _fit_pass(part_files: list[list[Path]], spec: EventSpec, options: PrepOption
         except SchemaError:
             validate(_with_file_rows(df, raw), spec)  # the same error, naming the raw file's rows
             raise
-        frame = log_frame(df, cuts)
+        frame = log_frame(df, assign, options)
         del df
         ranges.append(label_ranges(frame, spec))
         runs = frame.select(pl.col(USER).rle()).unnest(USER)  # users in sorted order, consecutive
         users.append(runs.select(pl.col("value").alias(USER), pl.col("len").cast(pl.Int64).alias("count")))
-        if cuts is not None:
+        if assign is not None:
             stats.append(fit_stats(frame, spec, options))
         del frame
-    warn_degenerate_tasks(pl.concat(ranges), spec)
+    check_splits(pl.concat(ranges), spec, split if assign is not None else None, options.val_frac, options.test_frac)
     return pl.concat(users).sort(USER), stats
 
 
 def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | Path, options: PrepOptions | None = None,
                         config: dict | None = None, fit_from: str | Path | None = None,
                         rows_per_partition: int = 2_000_000, n_partitions: int | None = None,
-                        slice_rows: int = 5_000_000, timings: dict | None = None) -> Path:
+                        slice_rows: int = 5_000_000, timings: dict | None = None,
+                        split: SplitOptions | None = None) -> Path:
     """Prepare the events in the Parquet file(s) ``raw`` at ``out_dir``, one user-hash partition at a time.
 
     Same arguments and result as :func:`data_prep.prepare.prepare` (the events are not
@@ -137,7 +138,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
     ``stats_pass`` (the fit pass), ``build_pass`` (the transform pass), ``streams``, ``total``.
     """
     t0 = time.perf_counter()
-    options = options or PrepOptions()
+    options, split = options or PrepOptions(), split or SplitOptions()
     timings = timings if timings is not None else {}
     files, out_dir = raw_files(raw), Path(out_dir)
     fitted = load_fitted(fit_from) if fit_from is not None else None
@@ -149,14 +150,15 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         n_rows = pl.scan_parquet(files).select(pl.len()).collect().item()
         n_part = n_partitions or max(1, math.ceil(n_rows / rows_per_partition))
         n, ts, source_checksum = _split_pass(files, parts_dir, n_part, slice_rows)
-        cuts = time_cuts(pl.Series(TS, ts), options.val_frac, options.test_frac) if fitted is None else None
+        expr, cuts = split_assignment(split, options.val_frac, options.test_frac, pl.Series(TS, ts)) \
+            if fitted is None else (None, None)
         first_ts = int(ts.min())
         del ts
         part_files = [sorted(d.glob("*.parquet")) for d in sorted(parts_dir.iterdir(), key=lambda d: int(d.name))]
         timings["split_pass"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        users, stats = _fit_pass(part_files, spec, options, cuts, files)
+        users, stats = _fit_pass(part_files, spec, options, expr, files, split)
         fitted = fitted or finish(FitStats.merge(stats), spec, options, cuts)
         del stats
         counts = users["count"].to_numpy()
@@ -168,15 +170,15 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         t2 = time.perf_counter()
         for name, (dtype, shape) in row_shapes(fitted).items():
             _open(tmp, name, (n, *shape), dtype)  # preallocated (sparse) file with its .npy header
-        split_counts = np.zeros(3, dtype=np.int64)
+        split_counts = np.zeros(N_CODES, dtype=np.int64)
         for files in part_files:
-            frame = log_frame(pl.read_parquet(files), cuts)
+            frame = log_frame(pl.read_parquet(files), expr, options)
             arrays = transform(frame, fitted)
             keys = frame.select(pl.col(USER)).join(users.select(USER, "_key", "_offset"), on=USER, how="left",
                                                    maintain_order="left")
             arrays["user_key"] = keys["_key"].to_numpy()
             dest = keys["_offset"].to_numpy() + (np.arange(frame.height) - user_runs(frame[USER])[1])
-            split_counts += np.bincount(arrays["split"], minlength=3)
+            split_counts += np.bincount(arrays["split"], minlength=N_CODES)
             del frame, keys
             contiguous = dest[-1] - dest[0] + 1 == len(dest)  # one partition, or users in one block
             for name, arr in arrays.items():
@@ -207,6 +209,7 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
         fields = manifest_fields(fitted, n_events=n, split_counts=split_counts,
                                  cuts=cuts or (first_ts, first_ts), n_user_keys=len(counts),
                                  fit_from=None if fit_from is None else str(fit_from))
+        fields["split"] = split.to_dict() if fit_from is None else {"by": "fit_from"}
         manifest = {**fields, "source_checksum": source_checksum, "config": config or {},
                     "config_hash": config_hash(config or {}), "partitions": n_part}
         shutil.rmtree(parts_dir, ignore_errors=True)

@@ -20,40 +20,45 @@ from data_prep.dataset import checksum, config_hash, load_fitted, manifest_field
 from data_prep.fit import FittedState, fit
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
-from data_prep.split import label_ranges, time_cuts, warn_degenerate_tasks
+from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform, user_layout
 
 
-def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fit_from: str | Path | None = None
-                 ) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
-    """Every array of the dataset, its fitted state (fitted here on the train split, or read from the prepared
-    folder ``fit_from``), the user id of each ``user_key``, and the manifest fields."""
+def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fit_from: str | Path | None = None,
+                 split: SplitOptions | None = None) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
+    """Every array of the dataset, its fitted state (fitted here on the train split of ``split``, default by
+    time, or read from the prepared folder ``fit_from``), the user id of each ``user_key``, and the manifest
+    fields."""
     validate(events, spec)
+    split = split or SplitOptions()
     fitted = load_fitted(fit_from) if fit_from is not None else None
     if fitted is None:
-        cuts = time_cuts(events[TS], options.val_frac, options.test_frac)
-        frame = log_frame(events, cuts)
+        expr, cuts = split_assignment(split, options.val_frac, options.test_frac, events[TS])
+        frame = log_frame(events, expr, options)
         fitted = fit(frame, spec, options, cuts)
     else:
         fitted.check_compatible(spec, options)
         first = int(events[TS].min())
         cuts, frame = (first, first), log_frame(events, None)
-    warn_degenerate_tasks(label_ranges(frame, spec), spec)
+    check_splits(label_ranges(frame, spec), spec, split if fit_from is None else None, options.val_frac,
+                 options.test_frac)
     arrays = transform(frame, fitted)
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}
-    fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=3),
+    fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=N_CODES),
                              cuts=cuts, n_user_keys=len(users), fit_from=None if fit_from is None else str(fit_from))
+    fields["split"] = split.to_dict() if fit_from is None else {"by": "fit_from"}
     return arrays, fitted, users, fields
 
 
 def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, options: PrepOptions | None = None,
-            config: dict | None = None, fit_from: str | Path | None = None) -> Path:
-    """Validate, split, encode and write ``events`` as a prepared per-event dataset at ``out_dir``.
+            config: dict | None = None, fit_from: str | Path | None = None, split: SplitOptions | None = None) -> Path:
+    """Validate, split (``split``: :class:`data_prep.split.SplitOptions`, default by time), encode and write
+    ``events`` as a prepared per-event dataset at ``out_dir``.
 
     ``fit_from`` (a prepared folder): transform with its fitted state instead of fitting one.
     """
-    arrays, fitted, users, fields = build_arrays(events, spec, options or PrepOptions(), fit_from)
+    arrays, fitted, users, fields = build_arrays(events, spec, options or PrepOptions(), fit_from, split)
     manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
                 "config_hash": config_hash(config or {})}
     return write_dataset(Path(out_dir), arrays, manifest, fitted, users)

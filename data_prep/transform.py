@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 
 from data_prep.arrays import ARRAYS
-from data_prep.fit import ACTIVITY, NEW_USER, UNKNOWN, FittedState, vocab_columns
+from data_prep.fit import ACTIVITY, NEW_USER, SEEN_IN_TRAIN, UNKNOWN, FittedState, vocab_columns
+from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER
 from data_prep.sequences import (
     HIST_ITEM_DTYPE,
@@ -30,30 +31,52 @@ from data_prep.sequences import (
     stream_chunks,
     user_runs,
 )
-from data_prep.split import TEST, split_expr
-from data_prep.vocab import NO_COHORT, UNSEEN, encode
+from data_prep.split import TEST, TRAIN, downsample_new_users, split_expr
+from data_prep.vocab import NO_COHORT, OOV, UNSEEN, encode
 
 if TYPE_CHECKING:
     from data_prep.history import HistoryLog
 
 
-def log_frame(events: pl.DataFrame, cuts: tuple[int, int] | None) -> pl.DataFrame:
-    """``events`` sorted by ``(user, ts, _row)`` with ``split`` (by ``cuts``; all test without), ``n_prior`` and
-    ``_end`` (each event's history is rows ``[_end - n_prior, _end)``)."""
+def log_frame(events: pl.DataFrame, split: tuple[int, int] | pl.Expr | None, options: PrepOptions | None = None
+              ) -> pl.DataFrame:
+    """``events`` sorted by ``(user, ts, _row)`` with ``split`` (time ``cuts``, or the expression of
+    :func:`data_prep.split.split_assignment`; all test without), ``n_prior`` and ``_end`` (each event's
+    history is rows ``[_end - n_prior, _end)``). With ``options`` (a split being fitted), new-user train
+    events are downsampled by ``options.new_user_train_fraction`` (:func:`data_prep.split.downsample_new_users`)."""
     df = sort_events(events)
     ends, n_prior = prior_rows(df)
-    split = split_expr(*cuts) if cuts is not None else pl.lit(TEST, dtype=pl.Int8).alias("split")
-    return df.with_columns(split, pl.Series("n_prior", n_prior), pl.Series("_end", ends))
+    if not isinstance(split, pl.Expr):
+        split = split_expr(*split) if split is not None else pl.lit(TEST, dtype=pl.Int8).alias("split")
+    df = df.with_columns(split, pl.Series("n_prior", n_prior), pl.Series("_end", ends))
+    if options is None:
+        return df
+    return downsample_new_users(df, options.new_user_train_fraction, options.new_user_max_prior)
 
 
-def cohort_codes(events: pl.DataFrame, n_prior: np.ndarray, fitted: FittedState) -> np.ndarray:
+def seen_in_train(events: pl.DataFrame, user_codes: np.ndarray) -> np.ndarray:
+    """Bool ``(N,)``: the event's user has train events. In a log frame, a user with a train row or with a
+    known id; without a ``split`` column (serving, candidates) and in a ``fit_from`` log (all test), a user
+    in the fitted user vocabulary (train count >= ``min_count``)."""
+    known = user_codes != OOV
+    if "split" not in events.columns or "_end" not in events.columns:
+        return known
+    return known | events.select((pl.col("split") == TRAIN).any().over(USER)).to_series().to_numpy()
+
+
+def cohort_codes(events: pl.DataFrame, n_prior: np.ndarray, fitted: FittedState,
+                 seen: np.ndarray | None = None) -> np.ndarray:
     """Cohort codes ``(N, G)``: position in the fitted names, ``NO_COHORT`` for a value outside them.
 
-    ``new_user`` (unless the events have it) and ``activity`` come from the past-only count ``n_prior``.
+    ``new_user`` (unless the events have it) and ``activity`` come from the past-only count ``n_prior``;
+    ``seen_in_train`` from ``seen`` (:func:`seen_in_train`).
     """
     spec, options = fitted.spec, fitted.options
     codes = []
     for col, names in fitted.cohorts.items():
+        if col == SEEN_IN_TRAIN:
+            codes.append(np.where(seen, names.index("seen"), names.index("unseen")))
+            continue
         if col == ACTIVITY and col not in spec.cohorts:
             codes.append(np.searchsorted(np.array(options.activity_buckets), n_prior, side="right"))
             continue
@@ -112,7 +135,7 @@ def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None 
         "split": split, "user": codes[0], "item": codes[1], "ts": events[TS].to_numpy(),
         "cat": np.stack(codes[2:], axis=1) if spec.categorical else np.zeros((n, 0)),
         "num": num.to_numpy().reshape(n, len(fitted.numeric_stats)), "labels": labels,
-        "n_prior": n_prior, "prior_bucket": prior_bucket, "cohorts": cohort_codes(events, n_prior, fitted),
+        "n_prior": n_prior, "prior_bucket": prior_bucket, "cohorts": cohort_codes(events, n_prior, fitted, seen_in_train(events, codes[0])),
         "pcode": personalization_codes(events, n_prior, prior_bucket, fitted),
     }
     if log is None:

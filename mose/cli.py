@@ -39,6 +39,7 @@ from mose.data.datamodule import EventDataModule, loader_settings
 from data_prep.errors import cli_errors
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
+from mose.train import callback_configs
 
 
 class ParquetPredictionWriter(BasePredictionWriter):
@@ -152,8 +153,8 @@ def cli_config(cfg: DictConfig, output_dir: str | Path) -> dict:
         trainer["strategy"] = _to_class_path(strategy)
     trainer["default_root_dir"] = str(output_dir)
     trainer["logger"] = _to_class_path(c["logger"]) if c.get("logger") else False
-    trainer["callbacks"] = [_to_class_path(_callback_class(cb)) for cb in (c.get("callbacks") or {}).values()
-                            if _callback_class(cb) is not None]
+    trainer["callbacks"] = [_to_class_path(_callback_class(cb)) for cb in callback_configs(c.get("callbacks") or {})
+                            if _callback_class(cb) is not None]  # callbacks.monitor applied as in mose-train
     return {
         "seed_everything": c["seed"],
         "trainer": trainer,

@@ -24,20 +24,24 @@ from data_prep.build import event_spec
 from data_prep.options import PrepOptions, check_number
 from data_prep.schema import SchemaError
 from data_prep.sequences import LAYOUTS, WINDOWS
+from data_prep.split import SplitOptions
 from mose.callbacks import NONFINITE_MODES
 from data_prep.errors import ConfigError
 from mose.metrics import MultiTaskMetrics
 from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
+from mose.models.poso import CODES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 
 log = logging.getLogger(__name__)
 
+ID_DROPOUT_KEYS = ("user", "item")  # id_dropout.<key>: the batch id columns that may be replaced by OOV
 SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
-MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES}
+MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES,
+                 "code": CODES}
 
 
 def _section(cfg: DictConfig | Mapping, key: str) -> dict:
@@ -135,6 +139,7 @@ def check_data(data: Mapping) -> None:
     try:
         event_spec(dict(data))
         PrepOptions.from_config(data.get("prep"))
+        SplitOptions.from_config(data.get("split"))
     except SchemaError as err:
         raise ConfigError(str(err)) from None
     if isinstance(data.get("source"), Mapping):
@@ -183,10 +188,12 @@ def check_monitors(cfg: DictConfig | Mapping, tasks: Mapping) -> None:
     first epoch)."""
     names = monitored_metrics(tasks)
     for name, cb in (cfg.get("callbacks") or {}).items():
-        monitor = (cb or {}).get("monitor")
+        # callbacks.monitor (one key for checkpointing and early stopping, mose.train.callback_configs)
+        monitor, key = (cb, "callbacks.monitor") if name == "monitor" else \
+            ((cb or {}).get("monitor"), f"callbacks.{name}.monitor")
         if monitor is None or monitor in names or str(monitor).startswith(MONITOR_PREFIXES):
             continue
-        raise ConfigError(f"callbacks.{name}.monitor={monitor}: not a metric this run logs; it logs "
+        raise ConfigError(f"{key}={monitor}: not a metric this run logs; it logs "
                           f"{', '.join(names)} and {'... / '.join(MONITOR_PREFIXES)}...")
 
 
@@ -196,7 +203,12 @@ def monitor_without_binary_tasks(cfg: DictConfig) -> None:
     tasks = _section(cfg, "data").get("tasks")
     if not isinstance(tasks, Mapping) or not tasks or _binary(tasks):
         return
-    for name, cb in (cfg.get("callbacks") or {}).items():
+    callbacks = cfg.get("callbacks") or {}
+    if callbacks.get("monitor") == "val/auc_mean":  # the one key of mose.train.callback_configs
+        with open_dict(callbacks):
+            callbacks.monitor = "val/loss"
+        log.warning("no binary task (no val/auc_mean): callbacks.monitor is val/loss (mode=min)")
+    for name, cb in callbacks.items():
         if isinstance(cb, DictConfig) and cb.get("monitor") == "val/auc_mean":
             with open_dict(cb):
                 cb.monitor, cb.mode = "val/loss", "min"
@@ -226,6 +238,10 @@ def check_config(cfg: DictConfig | Mapping) -> None:
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be a positive integer (or -1 for no limit)")
+    for key, value in _section(cfg, "id_dropout").items():
+        if key not in ID_DROPOUT_KEYS:
+            raise ConfigError(f"id_dropout.{key}: unknown key (id_dropout has {', '.join(ID_DROPOUT_KEYS)})")
+        _check_value(f"id_dropout.{key}", "id_dropout", value)
     nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}
     if nonfinite.get("mode") is not None:
         _one_of("callbacks.nonfinite.mode", nonfinite["mode"], NONFINITE_MODES)

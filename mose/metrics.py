@@ -131,6 +131,19 @@ def shown_in(output: str | None = None) -> tuple[str, ...]:
     return tuple(m.name for m in METRICS if output is None or output in m.shown)
 
 
+def monitor_mode(key: str) -> str:
+    """``"max"`` or ``"min"``: the direction of a metric key a callback monitors (``callbacks.monitor``):
+    ``min`` for a loss, else by the metric's ``higher_is_better`` (``val/gauc_mean``, ``val/click/logloss``,
+    ``val/cohort/<c>=<v>/<task>/<metric>``). Which keys a run logs is checked by ``mose.config_checks``."""
+    last = key.split("/")[-1]
+    if last == "loss":
+        return "min"
+    spec = metric_spec(last.removesuffix("_mean"))
+    if spec is None:
+        raise ValueError(f"{key}: no metric '{last}' (metrics: {', '.join(shown_in())}, loss)")
+    return "max" if spec.higher_is_better else "min"
+
+
 def metric_keys(tasks: dict[str, str], output: str) -> list[str]:
     """The ``<task>/<name>`` keys then the ``<name>_mean`` keys that ``output`` shows for ``{task: kind}``."""
     shown = [m for m in METRICS if output in m.shown]
@@ -154,6 +167,7 @@ class MultiTaskMetrics(Metric):
     def __init__(self, tasks: dict[str, str], cohorts: dict[str, list[str]]) -> None:
         super().__init__()
         self.tasks, self.cohorts = dict(tasks), {k: list(v) for k, v in cohorts.items()}
+        self.per_user: dict[str, list] = {}  # set by compute()
         for name in ("preds", "targets", "users", "cohort_codes"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -175,10 +189,26 @@ class MultiTaskMetrics(Metric):
                 out[f"{m.name}_mean"] = float(torch.tensor(values, dtype=torch.double).nanmean())
         return out
 
+    def _user_aucs(self, group: str, preds: torch.Tensor, targets: torch.Tensor, users: torch.Tensor) -> None:
+        """Append each binary task's per-user AUC and event count (valid users only) of ``group`` to ``per_user``."""
+        for i, (task, kind) in enumerate(self.tasks.items()):
+            if kind != BINARY or not len(users):
+                continue
+            per_user, n, valid = grouped_auc(preds[:, i], targets[:, i], users)
+            keys = torch.unique(users)  # grouped_auc's groups, ascending
+            for col, v in (("group", [group] * int(valid.sum())), ("task", [task] * int(valid.sum())),
+                           ("user_key", keys[valid].tolist()), ("auc", per_user[valid].tolist()),
+                           ("n", n[valid].tolist())):
+                self.per_user[col].extend(v)
+
     def compute(self) -> dict[str, float]:
+        """The flat metrics; also sets ``per_user`` (``{group, task, user_key, auc, n}`` lists: each binary task's
+        AUC per user with both classes, ``group`` "all" or ``<cohort>=<value>``), what GAUC averages."""
         preds, targets = dim_zero_cat(self.preds), dim_zero_cat(self.targets)
         users, codes = dim_zero_cat(self.users), dim_zero_cat(self.cohort_codes)
+        self.per_user = {c: [] for c in ("group", "task", "user_key", "auc", "n")}
         out = self._scores(preds, targets, users)
+        self._user_aucs("all", preds, targets, users)
         for j, (name, values) in enumerate(self.cohorts.items()):
             for code, value in enumerate(values):
                 rows = codes[:, j] == code
@@ -186,6 +216,7 @@ class MultiTaskMetrics(Metric):
                     scores = self._scores(preds[rows], targets[rows], users[rows])
                     out |= {f"cohort/{name}={value}/{k}": v for k, v in scores.items()}
                     out[f"cohort/{name}={value}/n_events"] = float(rows.sum())
+                    self._user_aucs(f"{name}={value}", preds[rows], targets[rows], users[rows])
         return out
 
 

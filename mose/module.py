@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
+from data_prep.vocab import OOV, PAD
 from mose.metrics import GateUsage, MultiTaskMetrics, undefined_auc_tasks
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
@@ -44,7 +45,8 @@ class MultiTaskModule(pl.LightningModule):
     data config the model was trained on (used by ``mose-eval``); ``weighting`` a Hydra config of a
     :mod:`mose.weighting` method (default: fixed task weights); ``fingerprint`` the prepared dataset's
     vocabulary and task fingerprint (``manifest["fingerprint"]``, :mod:`data_prep.fingerprint`), checked by
-    ``mose-eval``, ``mose-predict`` and ``resume=`` against the data they run on.
+    ``mose-eval``, ``mose-predict`` and ``resume=`` against the data they run on; ``id_dropout``
+    ``{user: p, item: q}`` the share of ids replaced by OOV in training batches (:meth:`drop_ids`).
     Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target; a
     model that returns ``aux["expert_logits"]`` (Jacobs et al.'s competitive mixture, see
     :mod:`mose.models.omoe`) trains with the mixture's negative log-likelihood instead. ``aux["loss"]``
@@ -53,7 +55,8 @@ class MultiTaskModule(pl.LightningModule):
 
     def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
                  cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 data: dict | None = None, weighting: dict | None = None, fingerprint: dict | None = None) -> None:
+                 data: dict | None = None, weighting: dict | None = None, fingerprint: dict | None = None,
+                 id_dropout: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tasks = list(tasks)
@@ -73,7 +76,22 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
         self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
         self.results: dict[str, dict[str, float]] = {}
+        self.per_user: dict[str, dict] = {}  # split -> MultiTaskMetrics.per_user of its last evaluation
         self._undefined_auc: set[tuple[str, str]] = set()  # (split, task) already reported
+        self.id_dropout = {k: float(v) for k, v in (id_dropout or {}).items() if v}  # batch key -> probability
+
+    def drop_ids(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training only: each id of ``batch[key]`` (``user``, ``item``) replaced by ``OOV`` with probability
+        ``id_dropout[key]``, so the OOV row (unseen and rare ids) is trained even when every train id is
+        known. Padding (``PAD``) stays."""
+        if not self.id_dropout:
+            return batch
+        out = dict(batch)
+        for key, p in self.id_dropout.items():
+            ids = batch[key]
+            drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != PAD)
+            out[key] = torch.where(drop, torch.full_like(ids, OOV), ids)
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """The model's outputs; a competitive mixture's task logits are its mixture prediction."""
@@ -151,8 +169,19 @@ class MultiTaskModule(pl.LightningModule):
         except (RuntimeError, AttributeError):  # not attached to a trainer
             return True
 
+    def on_fit_start(self) -> None:
+        """A counting model (``fit_counts``: :class:`mose.models.popularity.Popularity`) counts the train split once."""
+        if hasattr(self.model, "fit_counts"):
+            def batches():
+                for batch in self.trainer.datamodule.train_dataloader():
+                    item, labels = batch["item"], batch["labels"]
+                    if "mask" in batch:
+                        item, labels = item[batch["mask"]], labels[batch["mask"]]
+                    yield item, (self.transformed(labels.to(self.device)) - self.mean) / self.std  # binary: 0/1
+            self.model.fit_counts(batches(), self.binary)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses, logits, _, aux = self._step(batch)
+        losses, logits, _, aux = self._step(self.drop_ids(batch))
         loss, task_weights = self.combined_loss(losses, aux)
         from mose.callbacks import nonfinite_batch  # NaN/inf loss: raise (stop) or True (skip the batch)
         if nonfinite_batch(self, loss, losses, self.tasks):
@@ -181,6 +210,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def _eval_epoch_end(self, split: str) -> None:
         values = self.metrics[split].compute()
+        self.per_user[split] = self.metrics[split].per_user  # per-user AUCs for mose-report --ci
         self.metrics[split].reset()
         if split in self.gate_usage:
             values |= self._gate_diagnostics(split)

@@ -4,7 +4,10 @@ Every ``metrics.json`` below ``DIR`` is one run (a single run folder or a Hydra 
 runs are grouped by the model config chosen (``model=...``) and the data set, and with
 ``--by KEY`` also by a config value (e.g. ``data.source.task_correlation``); ``--plot PNG`` draws
 a metric against that value per model. ``--negative-transfer`` compares every multi-task model
-with the single-task baseline per task (the seesaw effect).
+with the single-task baseline per task (the seesaw effect). ``--cohorts`` adds a model x cohort x
+task table of GAUC. ``--ci A,B`` adds the paired difference A - B of test GAUC per task and
+cohort with a 95% bootstrap interval over users (and over seeds when there are several): each run's
+``per_user.parquet`` (per-user AUCs, what GAUC averages) is resampled, runs paired by seed.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mose.atomic import write_file, write_text
 from data_prep.errors import ConfigError, InputError, cli_errors
 from mose.metrics import REPORT, metric_spec, shown_in
+from mose.results import PER_USER
+
+N_BOOT = 2000
 
 
 def _run_order(path: Path) -> tuple:
@@ -40,7 +47,7 @@ def load_runs(root: str | Path) -> list[dict]:
         info = _read(path, json.loads)
         if not isinstance(info, dict) or not isinstance(info.get("test"), dict):
             raise InputError(f"{path}: not a mose metrics.json (no 'test' metrics)")
-        model = info.get("model", "?")
+        model = info.get("model_name") or info.get("model", "?")
         hydra_file = path.parent / ".hydra" / "hydra.yaml"
         if hydra_file.exists():
             choices = (_read(hydra_file, yaml.safe_load) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
@@ -166,6 +173,93 @@ def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
     return "\n".join(lines)
 
 
+def cohort_table(runs: list[dict], metric: str = "gauc") -> str:
+    """Cohort x task rows, one column per model: ``metric`` (mean ± std over seeds) per cohort value, with
+    the cohort's test events; the ``all`` rows first."""
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    keys: dict[tuple[str, str], None] = {}
+    for run in runs:
+        for key in run["test"]:
+            parts = key.split("/")
+            if len(parts) == 2 and parts[1] == metric:
+                keys[("all", parts[0])] = None
+            elif len(parts) == 4 and parts[0] == "cohort" and parts[3] == metric:
+                keys[(parts[1], parts[2])] = None
+    lines = ["| cohort | n events | task | " + " | ".join(f"{m} ({sum(r['model'] == m for r in runs)})"
+                                                        for m in models) + " |",
+             "|---|---|---|" + "---|" * len(models)]
+    for cohort, task in sorted(keys, key=lambda k: (k[0] != "all", k[0])):
+        key = f"{task}/{metric}" if cohort == "all" else f"cohort/{cohort}/{task}/{metric}"
+        n = next((r["test"].get(f"cohort/{cohort}/n_events") for r in runs if cohort != "all"), None)
+        cells = [_mean_std([r["test"].get(key, math.nan) for r in runs if r["model"] == m]) for m in models]
+        lines.append(f"| {cohort} | {'' if n is None else int(n)} | {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_user(run: dict):
+    """The run's per-user test AUCs (``group, task, user_key, auc, n``), or None if it has none."""
+    import polars as pl
+
+    path = Path(run["dir"]) / PER_USER
+    return pl.read_parquet(path) if path.is_file() else None
+
+
+def paired_bootstrap(diffs: list[np.ndarray], weights: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0
+                     ) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the weighted mean difference (GAUC of A minus GAUC of B over the users both score,
+    weights their event counts) averaged over seeds, and its 95% percentile interval from ``n_boot``
+    replicates that resample the seeds and, within each, the users (with replacement)."""
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([np.sum(w * d) / np.sum(w) for d, w in zip(diffs, weights)]))
+    reps = np.empty((len(diffs), n_boot))
+    for s, (d, w) in enumerate(zip(diffs, weights)):
+        counts = rng.multinomial(len(d), np.full(len(d), 1.0 / len(d)), size=n_boot)  # (R, U) resampled users
+        reps[s] = (counts * w) @ d / np.maximum((counts * w).sum(1), 1e-12)
+    if len(diffs) > 1:
+        pick = rng.integers(0, len(diffs), (n_boot, len(diffs)))  # resampled seeds
+        boot = reps[pick, np.arange(n_boot)[:, None]].mean(1)
+    else:
+        boot = reps[0]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def ci_table(runs: list[dict], a: str, b: str, n_boot: int = N_BOOT) -> str:
+    """Per data set, group (``all``, each cohort value) and binary task: GAUC of ``a`` and ``b`` (mean over the
+    paired seeds) and ``a - b`` with its 95% bootstrap interval; ``*`` marks an interval without 0."""
+    import polars as pl
+
+    lines = []
+    for data in dict.fromkeys(r["data"] for r in runs):
+        sub = [r for r in runs if r["data"] == data]
+        by_seed = {m: {r["seed"]: r for r in sub if r["model"] == m} for m in (a, b)}
+        seeds = sorted(set(by_seed[a]) & set(by_seed[b]), key=str)
+        pairs = [(per_user(by_seed[a][s]), per_user(by_seed[b][s])) for s in seeds]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if not pairs:
+            lines.append(f"\n{data}: no seeds with per_user.parquet for both {a} and {b}\n")
+            continue
+        over = "users and seeds" if len(pairs) > 1 else "users"
+        title = (f"\n**{data}**: {a} - {b}, test GAUC, {len(pairs)} paired seed(s) ({', '.join(str(s) for s in seeds)}), "
+                 f"95% bootstrap over {over} ({n_boot} replicates)\n")
+        lines += [title,
+                  f"| group | task | users | {a} | {b} | {a} - {b} [95% CI] |", "|---|---|---|---|---|---|"]
+        joined = [x.join(y, on=["group", "task", "user_key"], suffix="_b") for x, y in pairs]
+        keys = list(dict.fromkeys(joined[0].select("group", "task").iter_rows()))
+        for group, task in sorted(keys, key=lambda k: (k[0] != "all", k[0])):
+            parts = [j.filter((pl.col("group") == group) & (pl.col("task") == task)) for j in joined]
+            if any(p.height == 0 for p in parts):
+                continue
+            w = [p["n"].to_numpy().astype(float) for p in parts]
+            ga = np.mean([np.sum(wi * p["auc"].to_numpy()) / wi.sum() for p, wi in zip(parts, w)])
+            gb = np.mean([np.sum(wi * p["auc_b"].to_numpy()) / wi.sum() for p, wi in zip(parts, w)])
+            mean, lo, hi = paired_bootstrap([(p["auc"] - p["auc_b"]).to_numpy() for p in parts], w, n_boot)
+            mark = " *" if lo > 0 or hi < 0 else ""
+            lines.append(f"| {group} | {task} | {parts[0].height} | {ga:.4f} | {gb:.4f} | "
+                         f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mose-report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", help="a run or multirun folder (searched recursively for metrics.json)")
@@ -178,6 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negative-transfer", action="store_true",
                         help="add every model minus the --baseline model per task")
     parser.add_argument("--baseline", default="single_task", help="baseline model for --negative-transfer / --plot deltas")
+    parser.add_argument("--cohorts", action="store_true", help="add the model x cohort x task table of GAUC")
+    parser.add_argument("--ci", help="A,B: paired A - B test GAUC per task and cohort with 95%% bootstrap intervals "
+                                     "over users and seeds (several pairs: A,B;C,D)")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap replicates of --ci")
     parser.add_argument("--no-plots", dest="plots", action="store_false",
                         help="skip the PNG plots written beside the markdown (mose/report_plots.py)")
     args = parser.parse_args(argv)
@@ -203,6 +301,18 @@ def report(args: argparse.Namespace) -> None:
         nt = negative_transfer_table(runs, args.baseline, metrics)
         text += f"\n## Negative transfer: each model minus {args.baseline} (mean over seeds)\n{nt}\n"
         table += "\n" + nt
+    if args.cohorts:
+        ct = cohort_table(runs)
+        text += f"\n## Test GAUC per cohort (mean ± std over seeds)\n\n{ct}\n"
+        table += "\n\n" + ct
+    for pair in (args.ci.split(";") if args.ci else []):
+        names = [m.strip() for m in pair.split(",")]
+        known = sorted({r["model"] for r in runs})
+        if len(names) != 2 or any(m not in known for m in names):
+            raise SystemExit(f"error: --ci {pair}: must be two model names of these runs, A,B ({', '.join(known)})")
+        ci = ci_table(runs, *names, n_boot=args.n_boot)
+        text += f"\n## Paired differences: {names[0]} - {names[1]}\n{ci}\n"
+        table += "\n" + ci
     if args.plot:
         from mose.plots import metric_vs
         series = {m: by_value(runs, args.by, m) for m in args.plot_metric.split(",")}

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from data_prep.fit import NEW_USER
+from data_prep.fit import NEW_USER, SEEN_IN_TRAIN
 from mose.atomic import write_file
 from mose.metrics import COHORTS, REPORT, metric_spec, shown_in
 from mose.plots import gate_heatmap
@@ -158,11 +158,14 @@ def _safe(name: str) -> str:
 def render_plots(runs: list[dict], out_dir: str | Path, metrics: tuple[str, ...] | None = None) -> list[Path]:
     """Write every plot that the runs have data for into ``out_dir``; returns the PNG paths.
 
-    ``metric_<m>.png`` for each of ``metrics`` (default: those the report shows)."""
+    ``metric_<m>.png`` for each of ``metrics`` (default: those the report shows), the cohort panels
+    (``cohort_new_vs_regular.png``, ``cohort_seen_in_train.png``: GAUC of seen vs unseen users) and
+    the gate heatmaps."""
     metrics = metrics or shown_in(REPORT)
     out_dir = Path(out_dir)
     figures: dict[str, plt.Figure | None] = {f"metric_{m}": metric_by_model(runs, m) for m in metrics}
     figures["cohort_new_vs_regular"] = cohort_breakdown(runs)
+    figures["cohort_seen_in_train"] = cohort_breakdown(runs, ("gauc",), SEEN_IN_TRAIN)  # test users seen / unseen
     for name, group in group_runs(runs).items():
         if usage := gate_usage(group):
             tasks, values = usage

@@ -7,13 +7,25 @@ import math
 from pathlib import Path
 
 from data_prep.fit import NEW_USER
-from mose.atomic import write_text
+from mose.atomic import write_file, write_text
 from mose.metrics import COHORTS, SUMMARY, metric_spec, shown_in
 
 
 def write_metrics(path: str | Path, test: dict[str, float], **info) -> Path:
     """Write ``{"test": {...flat metrics...}, **info}`` atomically to ``path``."""
     return write_text(path, json.dumps({**info, "test": test}, indent=2, sort_keys=False), "test metrics")
+
+
+PER_USER = "per_user.parquet"  # beside metrics.json: per-user test AUCs (mose-report --ci bootstraps them)
+
+
+def write_per_user(path: str | Path, per_user: dict) -> Path:
+    """Write :attr:`mose.metrics.MultiTaskMetrics.per_user` (``group, task, user_key, auc, n``) as Parquet, atomically."""
+    import polars as pl
+
+    schema = {"group": pl.String, "task": pl.String, "user_key": pl.Int64, "auc": pl.Float64, "n": pl.Int64}
+    frame = pl.DataFrame({c: per_user.get(c, []) for c in schema}, schema=schema)
+    return write_file(path, "per-user test AUCs", frame.write_parquet)
 
 
 def summary(test: dict[str, float], tasks: list[str]) -> str:

@@ -21,9 +21,10 @@ from mose.compat import check_resume
 from mose.config_checks import check_config, monitor_without_binary_tasks
 from mose.data.datamodule import EventDataModule, loader_settings
 from data_prep.errors import cli_errors
+from mose.metrics import monitor_mode
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
-from mose.results import summary, write_metrics
+from mose.results import PER_USER, summary, write_metrics, write_per_user
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,30 @@ def build_datamodule(data: dict, eval_batch_size: int | None = None) -> EventDat
     return EventDataModule(data, **loader_settings(data, eval_batch_size=eval_batch_size))
 
 
+def callback_configs(callbacks: dict) -> list[dict]:
+    """The callback configs of ``cfg.callbacks``, with ``callbacks.monitor`` (one validation key) set as the
+    ``monitor`` and ``mode`` of checkpointing and early stopping alike, and in the checkpoint file name."""
+    callbacks = dict(callbacks)
+    monitor = callbacks.pop("monitor", None)
+    if monitor is not None:
+        mode = monitor_mode(monitor)
+        for name in ("model_checkpoint", "early_stopping"):
+            if callbacks.get(name):
+                callbacks[name] = {**callbacks[name], "monitor": monitor, "mode": mode}
+        if callbacks.get("model_checkpoint"):
+            short = monitor.split("/")[-1].removesuffix("_mean")
+            callbacks["model_checkpoint"]["filename"] = f"epoch{{epoch:02d}}-{short}{{{monitor}:.4f}}"
+    return [c for c in callbacks.values() if c]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """One run: returns the test metrics (also written to ``<run dir>/metrics.json``)."""
     return run(cfg)[0]
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
-    """One run: the test metrics and the best ``val/auc_mean`` (the score of the tested checkpoint)."""
+    """One run: the test metrics and the best monitored value (``callbacks.monitor``, default ``val/auc_mean``:
+    the score of the tested checkpoint)."""
     monitor_without_binary_tasks(cfg)  # regression tasks only: val/loss stands in for val/auc_mean
     check_config(cfg)  # config errors stop here, naming the key (mose/config_checks.py)
     pl.seed_everything(cfg.seed, workers=True)
@@ -57,9 +75,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, data=data,
         weighting=OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None,
         fingerprint=manifest.get("fingerprint"),
+        id_dropout=OmegaConf.to_container(cfg.id_dropout, resolve=True) if cfg.get("id_dropout") else None,
     )
     logger = instantiate(cfg.logger)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in callback_configs(OmegaConf.to_container(cfg.callbacks, resolve=True))]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
     ckpt_path = find_resume_checkpoint(cfg.resume, out_dir)
     check_resume(ckpt_path, module)  # another model, vocabulary or task set: error naming what differs
@@ -68,12 +87,15 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     best_path = best_ckpt.best_model_path if best_ckpt else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     test = module.results["test"]
-    best = best_ckpt.best_model_score if best_ckpt else None  # val/auc_mean of the tested checkpoint
-    best_val = float(best) if best is not None else float(module.results.get("val", {}).get("auc_mean", "nan"))
+    best = best_ckpt.best_model_score if best_ckpt else None  # the monitored value of the tested checkpoint
+    monitor = (cfg.callbacks.get("monitor") or "val/auc_mean").removeprefix("val/")
+    best_val = float(best) if best is not None else float(module.results.get("val", {}).get(monitor, "nan"))
     if trainer.is_global_zero:
-        path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, data=data["name"],
-                             seed=cfg.seed, checkpoint=best_path,
+        choice = (HydraConfig.get().runtime.get("choices") or {}).get("model")  # model=<name>
+        path = write_metrics(out_dir / "metrics.json", test, model=cfg.model._target_, model_name=choice,
+                             data=data["name"], seed=cfg.seed, checkpoint=best_path,
                              epochs=trainer.current_epoch, global_step=trainer.global_step)
+        write_per_user(out_dir / PER_USER, module.per_user.get("test", {}))
         print(summary(test, list(data["tasks"])))
         print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  (tensorboard --logdir outputs)")
     return test, best_val

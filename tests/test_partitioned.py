@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,7 @@ from data_prep.partitioned import prepare_partitioned
 from data_prep.prepare import prepare
 from data_prep.schema import EventSpec
 from data_prep.sources.synthetic import generate
+from data_prep.split import SplitOptions
 from mose.data.datamodule import EventDataModule
 
 SAME_EXCEPT = {"partitions", "config", "config_hash"}
@@ -91,6 +93,13 @@ def test_partitioned_equals_in_memory_with_ties_string_ids_and_unseen(tmp_path):
     assert_same_dataset(memory, prepare_partitioned(later, spec, tmp_path / "later-parts", prep, fit_from=reference,
                                                     n_partitions=3, slice_rows=1_000))
     assert read_manifest(memory)["splits"]["test"] == read_manifest(memory)["n_events"]
+    # the user split (data.split.by=user): the hash of the user id alone, so partitions agree too
+    # and new-user train events downsampled (data.prep.new_user_train_fraction): the same events dropped
+    by_user, fewer = SplitOptions(by="user", seed=3), replace(prep, new_user_train_fraction=0.5)
+    memory = prepare(pl.read_parquet(files), spec, tmp_path / "user-memory", fewer, split=by_user)
+    assert_same_dataset(memory, prepare_partitioned(files, spec, tmp_path / "user-parts", fewer, n_partitions=4,
+                                                    slice_rows=1_000, split=by_user))
+    assert read_manifest(memory)["split"]["by"] == "user" and read_manifest(memory)["dropped_train"] > 0
 
 
 def test_partitioned_synthetic_loads_in_the_datamodule(tmp_path):

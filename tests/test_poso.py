@@ -153,6 +153,29 @@ def test_poso_gates_change_the_output():
     assert not torch.allclose(torch.stack([out[t] for t in TASKS]), torch.stack([out2[t] for t in TASKS]))
 
 
+def test_code_controls_shuffle_the_code_or_add_every_feature():
+    """model.code=shuffled: the gates read the batch's codes permuted across its events; features: the code's
+    embedding and every input embedding."""
+    torch.manual_seed(0)
+    args = {"embed_dim": 4, "n_experts": 3, "expert": [16], "tower": [16], "mlp_poso": True, "mha_poso": True,
+            "mmoe_poso": True}
+    base = PosoMMoE(SPEC, TASKS, **args)
+    shuffled = PosoMMoE(SPEC, TASKS, code="shuffled", **args)
+    shuffled.load_state_dict(base.state_dict())
+    batch = make_batch()
+    torch.manual_seed(1)
+    perm = torch.randperm(B)
+    torch.manual_seed(1)
+    torch.testing.assert_close(shuffled.personal_code(batch), base.pc(batch["pcode"][perm]))
+    features = PosoMMoE(SPEC, TASKS, code="features", **args)
+    pc = features.personal_code(batch)
+    assert pc.shape == (B, features.pc.out_dim + features.embed.out_dim)
+    torch.testing.assert_close(pc[:, features.pc.out_dim:], features.embed(batch))
+    assert features(batch)["click"].shape == (B,)
+    with pytest.raises(ValueError, match="model.code=users"):
+        PosoMMoE(SPEC, TASKS, code="users", **args)
+
+
 # ---------------------------------------------------------------- attention
 
 

@@ -301,7 +301,7 @@ def test_regression_task_stats_after_log1p_on_train(ref, arrays, prepared):
 
 def test_cohorts(ref, arrays, prepared):
     _, manifest = prepared
-    assert list(manifest["cohorts"]) == ["new_user", "user_group"]
+    assert list(manifest["cohorts"]) == ["new_user", "user_group", "seen_in_train"]
     assert manifest["cohorts"]["new_user"] == ["new", "regular"]
     assert manifest["cohorts"]["user_group"] == ["a", "b"]
     new = arrays["n_prior"] < PREP.new_user_max_prior
@@ -340,7 +340,7 @@ def test_manifest_and_array_shapes(prepared, events, spec):
     assert m["config"] == {"test": 1}
     expected = {
         "split": (n,), "user": (n,), "user_key": (n,), "item": (n,), "cat": (n, 1), "num": (n, 1),
-        "labels": (n, 3), "n_prior": (n,), "prior_bucket": (n,), "cohorts": (n, 2), "hist_item": (n, K),
+        "labels": (n, 3), "n_prior": (n,), "prior_bucket": (n,), "cohorts": (n, 3), "hist_item": (n, K),
         "hist_label": (n, K, 2), "prev_label": (n, 2), "user_offsets": (m["n_user_keys"] + 1,),
     }
     for name, shape in expected.items():

@@ -2,10 +2,14 @@
 
 How it is generated: items have latent vectors ``v`` and Zipf-like exposure popularity; users have
 heavy-tailed activity and an interest vector that drifts smoothly over the window,
-``u(t) = cos(phase(t)) a + sin(phase(t)) b``. A ``new_user_fraction`` of users sign up in the last
-~30% of the window and have 3-30 events each; their taste is a shared "newcomer" vector plus small
+``u(t) = cos(phase(t)) a + sin(phase(t)) b``; they signed up 30-1000 days before the window. A
+``new_user_fraction`` of users sign up inside the window, uniformly in the window fractions
+``new_user_signup = (lo, hi)`` (default ``(0.7, 0.95)``: the last ~30%; ``(0, 0.95)`` spreads them
+over the whole window, so train has truly new users too), with ``new_user_events = (lo, hi)``
+events each (default 3-30); their taste is a shared "newcomer" vector plus small
 personal noise, without drift, and they are ``new_user_position_factor`` (default 2) times as
-position sensitive. Each exposure is a slot
+position sensitive. ``days_since_signup`` (past-only: known at the event's time) tells them apart
+from regulars whose first events in the window have few earlier events in the log. Each exposure is a slot
 (``position``) on a feed page whose items share one timestamp. As in the MMoE paper's synthetic
 data (Ma et al., 2018), the interaction features ``x = sqrt(d) u(t) * v`` (elementwise) feed three
 task scores ``z_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i)`` whose weight vectors have cosine
@@ -57,6 +61,8 @@ def generate(
     drift: float = 1.0,
     position_bias: float = 0.15,
     new_user_position_factor: float = 2.0,
+    new_user_signup: tuple[float, float] = (0.7, 0.95),
+    new_user_events: tuple[int, int] = (3, 30),
     days: int = 30,
     seed: int = 0,
     return_scores: bool = False,
@@ -73,6 +79,12 @@ def generate(
                          f"{n_events}, {n_users}, {n_items}, {days}")
     if not 0 <= new_user_fraction < 1:
         raise ValueError(f"new_user_fraction must be in [0, 1), got {new_user_fraction}")
+    lo, hi = (float(x) for x in new_user_signup)
+    if not 0 <= lo <= hi < 1:
+        raise ValueError(f"new_user_signup must be window fractions 0 <= lo <= hi < 1, got {list(new_user_signup)}")
+    e_lo, e_hi = (int(x) for x in new_user_events)
+    if not 1 <= e_lo <= e_hi:
+        raise ValueError(f"new_user_events must be counts 1 <= lo <= hi, got {list(new_user_events)}")
     if not -1 <= task_correlation <= 1:
         raise ValueError(f"task_correlation must be in [-1, 1], got {task_correlation}")
     if latent_dim < 3:
@@ -84,14 +96,14 @@ def generate(
     is_new = np.zeros(n_users, dtype=bool)
     is_new[rng.permutation(n_users)[: min(round(new_user_fraction * n_users), n_users - 1)]] = True
     counts = np.zeros(n_users, dtype=np.int64)
-    new_counts = rng.integers(3, 31, is_new.sum())
+    new_counts = rng.integers(e_lo, e_hi + 1, is_new.sum())
     cap = n_events // 2
     if new_counts.sum() > cap:
         new_counts = new_counts * cap // new_counts.sum()
     activity = rng.lognormal(0.0, 1.0, (~is_new).sum())
     counts[is_new] = new_counts
     counts[~is_new] = rng.multinomial(n_events - new_counts.sum(), activity / activity.sum())
-    signup_s = np.where(is_new, rng.uniform(0.7, 0.95, n_users) * window_s,
+    signup_s = np.where(is_new, rng.uniform(lo, hi, n_users) * window_s,
                         -rng.uniform(30, 1000, n_users) * DAY_S)
     primary_device = rng.integers(0, 3, n_users)
     user_bias = rng.normal(0.0, 0.5, n_users)
