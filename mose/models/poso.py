@@ -93,7 +93,7 @@ class PosoMMoE(nn.Module):
             return None
         codes = batch["pcode"]
         if self.code == "shuffled":
-            codes = codes[torch.randperm(len(codes), device=codes.device)]
+            codes = codes[torch.randperm(codes.size(0), device=codes.device)]  # size(0): traced, not a constant
         pc = self.pc(codes)
         return torch.cat([pc, self.embed(batch)], dim=-1) if self.code == "features" else pc
 
