@@ -101,15 +101,15 @@ def test_ddp_sim_trains_and_rank0_writes(tmp_path):
     event exactly once (no padding duplicates), so on a test split of odd size the 2-process test metrics
     equal a single-process ``mose-eval`` of the same checkpoint exactly."""
     data_dir = tmp_path / "data"
-    proc, run = train_ddp("mmoe", tmp_path, data_dir, "data.source.n_events=3007")  # a test split of 303 events
+    proc, run = train_ddp("mmoe", tmp_path, data_dir, "data.source.n_events=3001")  # a test split of 303 events
     metrics = check_ddp_run(proc, run)
     logs = {p.name: p.read_text() for p in run.glob("*.log")}  # one per process: train.log, train_ddp_process_1.log
-    assert len(logs) == 2 and sum(t.count("loaded 3007 events") for t in logs.values()) == 1, logs
+    assert len(logs) == 2 and sum(t.count("loaded 3001 events") for t in logs.values()) == 1, logs
     assert not list(data_dir.glob(".synthetic.tmp-*"))
     manifest = json.loads((data_dir / "synthetic" / "manifest.json").read_text())
     test = metrics["test"]
     n_test = manifest["splits"]["test"]
-    assert n_test % 2 == 1  # not divisible by the world size: a padding sampler would repeat one event
+    assert n_test % 2 == 1, f"pick n_events for an odd test split (got {n_test})"  # a padding sampler would repeat one
     assert test["cohort/new_user=new/n_events"] + test["cohort/new_user=regular/n_events"] == n_test
     exe = shutil.which("mose-eval")
     cmd = [exe] if exe else [sys.executable, "-m", "mose.eval"]
