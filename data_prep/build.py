@@ -34,9 +34,9 @@ def event_spec(data: dict) -> EventSpec:
         raise SchemaError(f"data.tasks must map each task label column to its spec, e.g. "
                           f"'data.tasks={{click: {{kind: binary}}}}'; got {tasks!r}")
     for name, t in tasks.items():
-        unknown = sorted(set(dict(t or {})) - {"kind", "weight", "transform"})
+        unknown = sorted(set(dict(t or {})) - {"kind", "weight", "transform", "after"})
         if unknown:
-            raise SchemaError(f"data.tasks.{name}: unknown key(s) {unknown}; a task has kind, weight, transform")
+            raise SchemaError(f"data.tasks.{name}: unknown key(s) {unknown}; a task has kind, weight, transform, after")
     for key in ("categorical", "numeric", "cohorts"):
         if not isinstance(data.get(key) or [], (list, tuple)):
             raise SchemaError(f"data.{key} must be a list of column names, got {data.get(key)!r}")
@@ -65,7 +65,8 @@ def check_labels_not_inputs(data: dict, spec: EventSpec) -> None:
 
 
 def prep_config(data: dict, spec: EventSpec, options: PrepOptions) -> dict:
-    """The part of a data config that determines the prepared arrays (not batch sizes or loss weights)."""
+    """The part of a data config that determines the prepared arrays (not batch sizes, loss weights or
+    task dependencies: ``after`` changes the training target, not the arrays)."""
     config = {"source": data["source"], "prep": options.to_dict(), "spec": spec.to_dict(weights=False)}
     split = SplitOptions.from_config(data.get("split"))
     return config if split == SplitOptions() else {**config, "split": split.to_dict()}

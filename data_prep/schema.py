@@ -38,12 +38,21 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One prediction task: its label column, kind, loss weight and regression target transform."""
+    """One prediction task: its label column, kind, loss weight, regression target transform and the
+    task it happens after.
+
+    ``after`` (``data.tasks.<task>.after=<parent>``) declares a sequential dependency, e.g. a
+    conversion that can only follow a click (ESMM, AITM). Both tasks are binary, and the task is then
+    trained and scored as the joint event over all exposures: its label is ``parent AND task`` (the
+    parent's own dependencies included) and every model's ``p_<task>`` is ``P(parent, task)``, ESMM's
+    pCTCVR. It changes no prepared array.
+    """
 
     name: str
     kind: TaskKind = "binary"
     weight: float = 1.0
     transform: str = "none"
+    after: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -53,6 +62,31 @@ class TaskSpec:
         w = self.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise SchemaError(f"data.tasks.{self.name}.weight={w!r}: a task weight must be a finite number >= 0")
+        if self.after is not None and not isinstance(self.after, str):
+            raise SchemaError(f"data.tasks.{self.name}.after={self.after!r}: must name another task")
+
+
+def task_ancestors(after: dict[str, str | None]) -> dict[str, list[str]]:
+    """Each task's chain of ``after`` parents, nearest first: ``{"buy": "convert", "convert": "click",
+    "click": None}`` -> ``{"buy": ["convert", "click"], "convert": ["click"], "click": []}``.
+
+    Raises :class:`SchemaError` naming ``data.tasks.<task>.after`` for a parent that is not a task,
+    the task itself, or a cycle.
+    """
+    out: dict[str, list[str]] = {}
+    for task in after:
+        chain, node = [], after[task]
+        while node is not None:
+            if node not in after:
+                raise SchemaError(f"data.tasks.{chain[-1] if chain else task}.after={node}: no task '{node}' "
+                                  f"(tasks: {list(after)})")
+            if node == task or node in chain:
+                raise SchemaError(f"data.tasks.{task}.after={after[task]}: the dependencies form a cycle "
+                                  f"({' -> '.join([task, *chain, node])})")
+            chain.append(node)
+            node = after[node]
+        out[task] = chain
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,9 +98,18 @@ class EventSpec:
     numeric: tuple[str, ...] = ()
     cohorts: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        kinds = {t.name: t.kind for t in self.tasks}
+        task_ancestors({t.name: t.after for t in self.tasks})
+        for t in self.tasks:
+            if t.after is not None and (t.kind != "binary" or kinds[t.after] != "binary"):
+                bad = t.name if t.kind != "binary" else t.after
+                raise SchemaError(f"data.tasks.{t.name}.after={t.after}: both tasks must be binary (the label is "
+                                  f"'{t.after}' and '{t.name}'), but '{bad}' is {kinds[bad]}")
+
     @classmethod
     def from_config(cls, tasks: dict, categorical=(), numeric=(), cohorts=()) -> EventSpec:
-        """Build from plain config: ``tasks`` maps name -> {kind, weight, transform}."""
+        """Build from plain config: ``tasks`` maps name -> {kind, weight, transform, after}."""
         if not tasks:
             raise SchemaError("data.tasks is empty: at least one task label column is needed")
         specs = tuple(TaskSpec(name=str(n), **dict(t or {})) for n, t in tasks.items())
@@ -85,11 +128,18 @@ class EventSpec:
         """Positions of the binary tasks among all tasks (their columns of ``labels``)."""
         return [i for i, t in enumerate(self.tasks) if t.kind == "binary"]
 
+    @property
+    def after(self) -> dict[str, str]:
+        """``{task: parent}`` of the tasks declared ``after`` another."""
+        return {t.name: t.after for t in self.tasks if t.after is not None}
+
     def to_dict(self, weights: bool = True) -> dict:
-        """Plain data; ``weights=False`` leaves out the loss weights (the prepared arrays do not depend on them)."""
-        drop = {"name"} if weights else {"name", "weight"}
+        """Plain data; a task's ``after`` only where it is set. ``weights=False`` leaves out what the
+        prepared arrays do not depend on: the loss weights and the task dependencies (``after``)."""
+        drop = {"name"} if weights else {"name", "weight", "after"}
         return {
-            "tasks": {t.name: {k: v for k, v in asdict(t).items() if k not in drop} for t in self.tasks},
+            "tasks": {t.name: {k: v for k, v in asdict(t).items() if k not in drop and (k != "after" or v is not None)}
+                      for t in self.tasks},
             "categorical": list(self.categorical),
             "numeric": list(self.numeric),
             "cohorts": list(self.cohorts),

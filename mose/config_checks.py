@@ -34,11 +34,12 @@ from mose.models.omoe import MIXTURES
 from mose.models.poso import CODES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
+from mose.nn.task_chain import needs_dependency
 
 log = logging.getLogger(__name__)
 
 ID_DROPOUT_KEYS = ("user", "item")  # id_dropout.<key>: the batch id columns that may be replaced by OOV
-SUPPLIED = ("input_spec", "tasks")  # model constructor arguments that MultiTaskModule passes itself
+SUPPLIED = ("input_spec", "tasks", "after")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
 MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES,
                  "code": CODES}
@@ -217,6 +218,15 @@ def monitor_without_binary_tasks(cfg: DictConfig) -> None:
             log.warning("no binary task (no val/auc_mean): callbacks.%s monitors val/loss (mode=min)", name)
 
 
+def check_dependencies(model: Mapping, data: Mapping) -> None:
+    """A model that takes ``after`` (ESMM, AITM) needs a task declared ``after`` another in the data."""
+    if "after" in inspect.signature(_locate(str(model["_target_"]))).parameters:
+        try:
+            needs_dependency(event_spec(dict(data)).after, f"model._target_={model['_target_']}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def check_config(cfg: DictConfig | Mapping) -> None:
     """All static checks of a ``mose-train`` config; raises :class:`ConfigError` naming the key."""
     check_model(_section(cfg, "model"))
@@ -229,6 +239,7 @@ def check_config(cfg: DictConfig | Mapping) -> None:
         raise ConfigError(f"seed={seed}: must be an integer")
     if cfg.get("threads") is not None:
         _positive("threads", cfg.get("threads"))
+    check_dependencies(_section(cfg, "model"), data)
     optim = _section(cfg, "optim")
     if "lr" in optim:
         _positive("optim.lr", optim["lr"], integer=False)

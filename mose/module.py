@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -16,6 +17,7 @@ from data_prep.vocab import OOV, PAD
 from mose.metrics import GateUsage, MultiTaskMetrics, undefined_auc_tasks
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
+from mose.nn.task_chain import TaskChain
 from mose.plots import gate_heatmap
 from mose.weighting import Fixed, shared_parameters
 
@@ -40,7 +42,7 @@ class MultiTaskModule(pl.LightningModule):
 
     All constructor arguments are plain data (they are stored in checkpoints):
     ``model`` a Hydra config with ``_target_``; ``input_spec`` the fields of :class:`InputSpec`;
-    ``tasks`` ``{name: {kind, weight, transform}}``; ``task_stats`` train mean/std of each
+    ``tasks`` ``{name: {kind, weight, transform, after}}``; ``task_stats`` train mean/std of each
     regression target after its transform; ``cohorts`` ``{cohort: [value names]}``; ``data`` the
     data config the model was trained on (used by ``mose-eval``); ``weighting`` a Hydra config of a
     :mod:`mose.weighting` method (default: fixed task weights); ``fingerprint`` the prepared dataset's
@@ -51,6 +53,11 @@ class MultiTaskModule(pl.LightningModule):
     model that returns ``aux["expert_logits"]`` (Jacobs et al.'s competitive mixture, see
     :mod:`mose.models.omoe`) trains with the mixture's negative log-likelihood instead. ``aux["loss"]``
     (e.g. load balancing) is added to the training loss.
+
+    A task declared ``after`` a parent (``data.tasks.convert.after=click``) is trained and scored, for
+    every model, as the joint event: its label is ``parent AND task`` (:class:`TaskChain`), so the
+    model's output for it, and ``p_<task>`` in eval, predict and export, is ``P(parent, task)``.
+    A model whose constructor takes ``after`` (ESMM, AITM) is given ``{task: parent}``.
     """
 
     def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
@@ -69,7 +76,11 @@ class MultiTaskModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor([task_stats.get(t, {}).get("std", 1.0) for t in self.tasks]))
         spec = InputSpec(**{**input_spec, "cat_vocab": tuple(input_spec["cat_vocab"]),
                             "cat_names": tuple(input_spec.get("cat_names", ()))})
-        self.model = instantiate(model, _partial_=True, _convert_="all")(input_spec=spec, tasks=self.tasks)
+        after = {t: tasks[t]["after"] for t in self.tasks if tasks[t].get("after")}
+        self.chain = TaskChain(self.tasks, after)
+        factory = instantiate(model, _partial_=True, _convert_="all")
+        extra = {"after": after} if "after" in inspect.signature(factory).parameters else {}
+        self.model = factory(input_spec=spec, tasks=self.tasks, **extra)
         binary = [kinds[t] == "binary" for t in self.tasks]
         self.weighting = (instantiate(weighting, _convert_="all", tasks=self.tasks, binary=binary) if weighting
                           else Fixed(self.tasks, binary))
@@ -79,6 +90,8 @@ class MultiTaskModule(pl.LightningModule):
         self.per_user: dict[str, dict] = {}  # split -> MultiTaskMetrics.per_user of its last evaluation
         self._undefined_auc: set[tuple[str, str]] = set()  # (split, task) already reported
         self.id_dropout = {k: float(v) for k, v in (id_dropout or {}).items() if v}  # batch key -> probability
+        # per task: training labels 1 whose parent's label is 0 (counted as negatives of the joint), epoch 0
+        self.register_buffer("_orphans", torch.zeros(len(self.tasks), dtype=torch.long), persistent=False)
 
     def drop_ids(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training only: each id of ``batch[key]`` (``user``, ``item``) replaced by ``OOV`` with probability
@@ -102,7 +115,9 @@ class MultiTaskModule(pl.LightningModule):
         return out
 
     def transformed(self, labels: torch.Tensor) -> torch.Tensor:
-        """Labels ``(M, T)`` on each task's target scale (log1p applied where configured)."""
+        """Labels ``(M, T)`` on each task's target scale (log1p applied where configured; a dependent
+        task's label times its ancestors', see :class:`TaskChain`)."""
+        labels = self.chain.joint_labels(labels)
         return torch.where(self.log1p, torch.log1p(labels.clamp_min(0)), labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
@@ -181,7 +196,10 @@ class MultiTaskModule(pl.LightningModule):
             self.model.fit_counts(batches(), self.binary)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses, logits, _, aux = self._step(self.drop_ids(batch))
+        losses, logits, rows, aux = self._step(self.drop_ids(batch))
+        if self.chain.any and self.current_epoch == 0:
+            labels = rows["labels"]
+            self._orphans += ((labels > 0) & (self.chain.joint_labels(labels) == 0)).sum(0)
         loss, task_weights = self.combined_loss(losses, aux)
         from mose.callbacks import nonfinite_batch  # NaN/inf loss: raise (stop) or True (skip the batch)
         if nonfinite_batch(self, loss, losses, self.tasks):
@@ -195,6 +213,17 @@ class MultiTaskModule(pl.LightningModule):
         if "loss" in aux:
             self.log("train/aux_loss", aux["loss"], batch_size=size)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """After the first epoch, warn once per dependent task with positives whose parent is negative."""
+        if not self.chain.any or self.current_epoch != 0:
+            return
+        for i, t in enumerate(self.tasks):
+            if int(self._orphans[i]):
+                log.warning("task '%s' is declared after '%s', but %d of its positive training labels have "
+                            "'%s' = 0: they count as negatives of the joint label %s AND %s (what p_%s means)",
+                            t, self.chain.after[t], int(self._orphans[i]), self.chain.after[t],
+                            self.chain.after[t], t, t)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         losses, logits, rows, aux = self._step(batch)

@@ -138,13 +138,26 @@ def by_value(runs: list[dict], by: str, metric: str) -> dict[str, dict[float, li
     return out
 
 
+def _paired_std(runs: list[dict], base: list[dict], metric: str) -> float:
+    """Standard deviation of ``runs`` minus ``base`` on ``metric`` over the seeds both have (nan below 2)."""
+    ref = {r.get("seed"): r["test"].get(metric, math.nan) for r in base}
+    diffs = [r["test"].get(metric, math.nan) - ref[r.get("seed")] for r in runs if r.get("seed") in ref]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if len(diffs) < 2:
+        return math.nan
+    mean = sum(diffs) / len(diffs)
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+
+
 def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
                             metrics: tuple[str, ...] | None = None) -> str:
     """Every other model minus ``baseline`` per task, on the means over seeds, per data set.
 
-    A cell is ``delta (model mean)``; ▼ marks negative transfer (worse than the single-task model:
-    lower AUC, higher MSE, by each metric's ``higher_is_better``). The last column counts the tasks
-    with negative transfer. ``metrics`` default to those the report shows.
+    A cell is ``delta ± std (model mean)``: ``delta`` the difference of the means, ``std`` the standard
+    deviation over seeds of the paired (same-seed) differences, shown where two or more seeds pair;
+    ▼ marks negative transfer (worse than the single-task model: lower AUC, higher MSE, by each
+    metric's ``higher_is_better``). The last column counts the tasks with negative transfer.
+    ``metrics`` default to those the report shows.
     """
     metrics = metrics or shown_in(REPORT)
     lower_better = tuple(f"/{m}" for m in shown_in() if not metric_spec(m).higher_is_better)
@@ -168,7 +181,9 @@ def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
                 delta = m - ref[c]
                 bad = delta > 0 if c.endswith(lower_better) else delta < 0
                 worse += bool(bad) and not math.isnan(delta)
-                cells.append("-" if math.isnan(delta) else f"{delta:+.4f}{' ▼' if bad else ''} ({m:.4f})")
+                spread = _paired_std(group, base, c)
+                cells.append("-" if math.isnan(delta) else
+                             f"{delta:+.4f}{'' if math.isnan(spread) else f' ± {spread:.4f}'}{' ▼' if bad else ''} ({m:.4f})")
             lines.append(f"| {model} | {len(group)} | " + " | ".join(cells) + f" | {worse}/{len(columns)} |")
     return "\n".join(lines)
 

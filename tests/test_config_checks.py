@@ -29,9 +29,12 @@ def config(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
+DEPENDENCY = "+data.tasks.convert={kind: binary, after: click}"  # ESMM and AITM need one (test_task_dependencies.py)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_every_shipped_model_config_passes(model):
-    check_config(config(f"model={model}"))
+    check_config(config(f"model={model}", *([DEPENDENCY] if model in ("esmm", "aitm") else [])))
 
 
 @pytest.mark.parametrize("override, key", [

@@ -107,12 +107,28 @@ def test_report_negative_transfer_and_by_key(tmp_path):
     runs = load_runs(tmp_path)
     nt = negative_transfer_table(runs)
     mmoe_row = next(line for line in nt.splitlines() if line.startswith("| mmoe"))
-    assert "+0.0200 (0.7300)" in mmoe_row and "+0.1000 ▼ (0.6100)" in mmoe_row and mmoe_row.endswith("| 1/2 |")
+    # paired by seed: the same difference at both seeds, so a spread of 0
+    assert "+0.0200 ± 0.0000 (0.7300)" in mmoe_row and "+0.1000 ± 0.0000 ▼ (0.6100)" in mmoe_row
+    assert mmoe_row.endswith("| 1/2 |")
     sb_row = next(line for line in nt.splitlines() if line.startswith("| shared_bottom"))
-    assert "-0.0100 ▼" in sb_row and "-0.1000 (0.4100)" in sb_row
+    assert "-0.0100 ± 0.0000 ▼" in sb_row and "-0.1000 ± 0.0000 (0.4100)" in sb_row
     table = markdown_table(runs, ("auc", "mse"), by="data.source.task_correlation")
     assert "| synthetic | 1.0 | shared_bottom | 2 |" in table and "| synthetic | 0.5 | mmoe | 2 |" in table
     png = tmp_path / "plot.png"
     main([str(tmp_path), "--negative-transfer", "--by", "data.source.task_correlation", "--plot", str(png),
           "--plot-metric", "click/auc,w/mse", "--baseline", "single_task"])
     assert png.stat().st_size > 1000 and "Negative transfer" in (tmp_path / "report.md").read_text()
+
+
+def test_negative_transfer_spread_is_over_same_seed_differences(tmp_path):
+    from mose.report import load_runs, negative_transfer_table
+
+    for seed, (base, model) in enumerate([(0.70, 0.71), (0.72, 0.75), (0.74, 0.74)]):
+        _fake_run(tmp_path, f"st{seed}", "single_task", seed, {"click/auc": base})
+        _fake_run(tmp_path, f"es{seed}", "esmm", seed, {"click/auc": model})
+    _fake_run(tmp_path, "one", "pepnet", 0, {"click/auc": 0.69})  # one seed: no spread
+    nt = negative_transfer_table(load_runs(tmp_path))
+    # same-seed differences 0.01, 0.03, 0.00: mean 0.0133, std sqrt(((1/300)^2 + (5/300)^2 + (4/300)^2) / 2)
+    std = (((1 / 300) ** 2 + (5 / 300) ** 2 + (4 / 300) ** 2) / 2) ** 0.5
+    assert f"+0.0133 ± {std:.4f} (0.7333)" in next(r for r in nt.splitlines() if r.startswith("| esmm"))
+    assert "-0.0300 ▼ (0.6900)" in next(r for r in nt.splitlines() if r.startswith("| pepnet"))

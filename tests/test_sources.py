@@ -34,7 +34,7 @@ def test_synthetic_columns_and_dtypes():
     df = synthetic.generate(n_events=5_000, n_users=300, n_items=200)
     assert df.schema == pl.Schema({
         "user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64, "position": pl.Int64, "device": pl.Int64,
-        "click": pl.Int8, "like": pl.Int8, "watch_time": pl.Float64, "user_group": pl.String,
+        "click": pl.Int8, "like": pl.Int8, "watch_time": pl.Float64, "convert": pl.Int8, "user_group": pl.String,
         "days_since_signup": pl.Int64,
     })
     assert df.height == 5_000

@@ -16,7 +16,11 @@ task scores ``z_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i)`` whose weight vec
 similarity ``rho = task_correlation`` with the click task's (``w_1 = e1``,
 ``w_k = rho e1 + sqrt(1 - rho^2) e_k``, ``e_k`` orthonormal). ``click`` and ``like`` are Bernoulli
 draws from logits built on ``z_1`` / ``z_2`` (plus user/item/position/device effects), and
-``watch_time`` is lognormal around ``exp(z_3)``.
+``watch_time`` is lognormal around ``exp(z_3)``. ``convert`` is a post-click conversion (ESMM's
+setting): only a clicked exposure can convert, with ``P(convert | click)`` from ``z_2``, ``z_3`` and
+the item, and no position effect (position biases the click, not what follows it); declare it with
+``data.tasks.convert={kind: binary, after: click}``. It is drawn last, so the other columns are the
+same as without it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ DAY_S = 86_400
 N_SINES = 10
 N_POSITIONS = 10
 NEW_PAGE_PROB = 0.3  # P(an exposure starts a new feed page); page items share a timestamp
-TASKS = ("click", "like", "watch_time")
+TASKS = ("click", "like", "watch_time", "convert")
 
 
 def task_weights(latent_dim: int, task_correlation: float, rng: np.random.Generator) -> np.ndarray:
@@ -70,9 +74,10 @@ def generate(
     """Generate ``n_events`` canonical events, sorted by ``ts``; deterministic for a ``seed``.
 
     Columns: user_id, item_id, ts (Int64 ms), position (0..9), device (0..2) (Int64); click, like
-    (Int8 0/1); watch_time (Float64 s); user_group (String "new" / "regular"); days_since_signup
-    (Int64). With ``return_scores`` also the noise-free ``score_click`` / ``score_like`` logits and
-    ``score_watch_time`` (mean of log watch time), Float64.
+    (Int8 0/1); watch_time (Float64 s); convert (Int8 0/1, 0 wherever click is 0); user_group (String
+    "new" / "regular"); days_since_signup (Int64). With ``return_scores`` also the noise-free
+    ``score_click`` / ``score_like`` logits, ``score_watch_time`` (mean of log watch time) and
+    ``score_convert`` (log-odds of the joint ``P(click, convert)``), Float64.
     """
     if min(n_events, n_users, n_items, days) < 1:
         raise ValueError(f"n_events, n_users, n_items and days must be >= 1, got "
@@ -146,16 +151,20 @@ def generate(
     click = rng.random(n) < 1 / (1 + np.exp(-click_logit))
     like = rng.random(n) < 1 / (1 + np.exp(-like_logit))
     watch_time = np.exp(log_watch + rng.normal(0.0, 0.5, n))
+    cvr_logit = 1.0 * z[:, 1] + 0.8 * z[:, 2] + item_bias[item] - 2.2  # P(convert | click): no position effect
+    convert = click & (rng.random(n) < 1 / (1 + np.exp(-cvr_logit)))
 
     order = np.lexsort((position, user, ts_s))
     cols = {
         "user_id": user, "item_id": item, "ts": EPOCH_MS + ts_s * 1000, "position": position,
         "device": device, "click": click.astype(np.int8), "like": like.astype(np.int8),
-        "watch_time": watch_time, "new": new,
+        "watch_time": watch_time, "convert": convert.astype(np.int8), "new": new,
         "days_since_signup": (ts_s - np.floor(signup_s[user]).astype(np.int64)) // DAY_S,
     }
     if return_scores:
-        cols |= {"score_click": click_logit, "score_like": like_logit, "score_watch_time": log_watch}
+        log_joint = -np.logaddexp(0.0, -click_logit) - np.logaddexp(0.0, -cvr_logit)  # log P(click, convert)
+        cols |= {"score_click": click_logit, "score_like": like_logit, "score_watch_time": log_watch,
+                 "score_convert": log_joint - np.log(-np.expm1(log_joint))}
     df = pl.DataFrame({k: c[order] for k, c in cols.items()})
     group = pl.when(pl.col("new")).then(pl.lit("new")).otherwise(pl.lit("regular")).alias("user_group")
     ints = ["user_id", "item_id", "ts", "position", "device"]
