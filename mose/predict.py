@@ -20,7 +20,8 @@ users, I unknown items``. The checkpoint's vocabulary fingerprint must match the
 
 Output (Parquet, one row per candidate, input order): the candidate file's columns, ``p_<task>`` for
 binary tasks (probability), ``pred_<task>`` for regression tasks (original units), and ``score`` =
-``prod_t p_t ** w_t`` over ``score_weights`` (default: every binary task, weight 1).
+``prod_t p_t ** w_t`` over ``score_weights`` (default: every binary task, weight 1). A task declared
+``after`` a parent (``data.tasks.convert.after=click``) has ``p_<task>`` = ``P(parent, task)``, the joint.
 """
 
 from __future__ import annotations

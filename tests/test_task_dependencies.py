@@ -180,7 +180,7 @@ def test_a_model_without_the_chain_trains_the_joint_label_too():
 
 
 def test_esmm_and_aitm_refuse_a_task_set_without_dependency(tmp_path):
-    with pytest.raises(ValueError, match="data.tasks.convert.after=click"):
+    with pytest.raises(ValueError, match=r"declare data.tasks.<task>.after=<parent>, e.g. '\+data.tasks.convert="):
         ESMM(SPEC, TASKS, {})
     from mose.config_checks import ConfigError, check_config
 

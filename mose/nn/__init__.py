@@ -20,7 +20,8 @@ these letters, and no letter means anything else.
     W  stream windows (chunks) of a prepared dataset
 
 A suffix tells two sizes of one kind apart (``Dq`` / ``Dt`` query / token width, ``Hb`` / ``He``
-bottom / expert width, ``Cb`` the bias tower's categorical columns); lower-case names are
+bottom / expert width, ``Cb`` the bias tower's categorical columns, ``Td`` / ``Tp`` the tasks declared
+``after`` a parent / the parents); lower-case names are
 constructor arguments or locals (``in_dim``, ``hidden[-1]``, ``n_values``); ``*`` and ``...`` are
 any leading dims; ``[S,]`` a dim only per-stream tensors have.
 """

@@ -26,9 +26,9 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 def needs_dependency(after: dict[str, str], model: str) -> None:
     """Raise ``ValueError`` when a model that models task dependencies is given none (``after`` empty)."""
     if not after:
-        raise ValueError(f"{model} needs a task dependency: declare one in the data config, "
-                         "e.g. 'data.tasks.convert.after=click' (synthetic: "
-                         "'+data.tasks.convert={kind: binary, after: click}'; KuaiRand: data.tasks.long_view.after=is_click)")
+        raise ValueError(f"{model} needs a task dependency: declare data.tasks.<task>.after=<parent>, e.g. "
+                         "'+data.tasks.convert={kind: binary, after: click}' (synthetic) or "
+                         "'+data.tasks.long_view.after=is_click' (KuaiRand)")
 
 
 class TaskChain(nn.Module):
