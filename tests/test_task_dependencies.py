@@ -14,7 +14,7 @@ from conftest import compose_with_output
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from data_prep.build import event_spec, prep_config
+from data_prep.build import dataset_config, event_spec
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
 from data_prep.sources import synthetic
 from mose.models.aitm import AITM
@@ -65,7 +65,8 @@ def test_after_changes_no_prepared_array():
     """``after`` is not part of the dataset's config hash (nor written where it is unset)."""
     data = {"source": {"_target_": "x"}, "tasks": {"click": {}, "convert": {}}}
     with_after = {**data, "tasks": {"click": {}, "convert": {"after": "click"}}}
-    assert prep_config(data) == prep_config(with_after)
+    assert dataset_config(data) == dataset_config(with_after)
+    assert dataset_config(data) != dataset_config({**data, "tasks": {"click": {}, "buy": {}}})
     assert "after" not in event_spec(data).to_dict()["tasks"]["convert"]
     assert event_spec(with_after).to_dict()["tasks"]["convert"]["after"] == "click"
 
