@@ -208,7 +208,9 @@ def test_weights_under_ddp_use_the_global_gradients():
 # --- GradNorm's W: every model's last shared layer ------------------------------------------------
 
 MODEL_NAMES = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
-SHARES_NOTHING = {"single_task", "stream_single_task_ff", "stream_single_task_lstm", "popularity"}  # popularity: counts, no layers
+# no dense layer shared by the tasks: the single-task baselines, popularity (counts, no layers) and
+# ESMM / AITM (towers over a shared embedding)
+SHARES_NOTHING = {"single_task", "stream_single_task_ff", "stream_single_task_lstm", "popularity", "esmm", "aitm"}
 DENSE = (nn.Linear, GroupedLinear, GroupedLSTM, nn.LSTM)  # layers with weight matrices; never nn.Embedding
 
 
