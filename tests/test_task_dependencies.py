@@ -102,8 +102,13 @@ def test_task_chain_joint_labels_and_logits_match_hand_computation():
     out = chain.joint_logits(c)
     assert torch.allclose(out[:, :3].double(), torch.logit(joint), atol=1e-5)
     assert torch.equal(out[:, 3], c[:, 3])  # a root (and a regression task) is unchanged
-    extreme = chain.joint_logits(torch.tensor([[200.0, 200.0, -200.0, 0.0], [-200.0, 90.0, 90.0, 0.0]]))
-    assert torch.isfinite(extreme).all() and extreme[0, 1] > 30 and extreme[1, 2] < -190
+    # confident towers: finite logits and finite gradients (a NaN gradient here once stopped ESMM on KuaiRand)
+    c = torch.tensor([[200.0, 200.0, -200.0, 0.0], [-200.0, 90.0, 90.0, 0.0], [20.0, 20.0, 20.0, 0.0],
+                      [17.0, 17.0, 17.0, 0.0], [0.1, 0.3, 0.2, 0.0]], requires_grad=True)
+    extreme = chain.joint_logits(c)
+    F.binary_cross_entropy_with_logits(extreme, torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 5)).backward()
+    assert torch.isfinite(extreme).all() and torch.isfinite(c.grad).all()
+    assert 16.0 < extreme[0, 1] < 16.2 and extreme[1, 2] < -190  # P(joint) capped at 1 - 1e-7
 
 
 def test_calibration_loss_is_the_mean_excess_over_the_parent():

@@ -18,9 +18,19 @@ from torch import nn
 from data_prep.schema import task_ancestors
 
 
+LOG_P_MAX = -1e-7  # the joint probability is capped at 1 - 1e-7 (logit <= 16.1): bounded gradients
+
+
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate at both ends (Maechler 2012)."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """``log(1 - exp(x))`` for ``x < 0``, accurate at both ends (Maechler 2012).
+
+    Each branch of the ``where`` gets an input where it is finite: the branch not taken still
+    back-propagates ``0 * its gradient``, which is NaN where that gradient is infinite.
+    """
+    near_zero = x > -math.log(2.0)
+    cut = torch.full_like(x, -math.log(2.0))
+    return torch.where(near_zero, torch.log(-torch.expm1(torch.where(near_zero, x, cut))),
+                       torch.log1p(-torch.exp(torch.where(near_zero, cut, x))))
 
 
 def needs_dependency(after: dict[str, str], model: str) -> None:
@@ -75,12 +85,12 @@ class TaskChain(nn.Module):
         """Conditional logits ``(..., T)`` (``logit P(task | parent)``, ``logit P(task)`` for a root) ->
         the joint ``logit P(task, ancestors)``: ``sum_j log sigmoid(c_j)`` over the ancestry, as a logit.
 
-        Computed in float32 from log-probabilities (no product of small probabilities underflows);
-        roots are returned unchanged.
+        Computed in float32 from log-probabilities (no product of small probabilities underflows),
+        the joint capped at ``1 - 1e-7`` (:data:`LOG_P_MAX`); roots are returned unchanged.
         """
         c = conditional.float()
         log_p = F.logsigmoid(c) @ self.ancestry.T.to(c.dtype)  # (..., T)
-        log_p = log_p.clamp_max(-1e-30)  # P < 1, so the logit stays finite
+        log_p = log_p.clamp_max(LOG_P_MAX)
         return torch.where(self.dependent, log_p - log1mexp(log_p), c)
 
     def calibration_loss(self, logits: torch.Tensor) -> torch.Tensor:
