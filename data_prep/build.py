@@ -19,6 +19,7 @@ from data_prep.options import PrepOptions
 from data_prep.prepare import prepare
 from data_prep.schema import FILE, EventSpec, SchemaError, drop_duplicates
 from data_prep.split import SPLIT_COLUMN, SPLITS, SplitOptions
+from data_prep.vocab import UNKNOWN_WARN, warn_unknown
 
 try:
     import fcntl
@@ -33,6 +34,7 @@ def event_spec(data: dict) -> EventSpec:
     if not isinstance(tasks, dict):
         raise SchemaError(f"data.tasks must map each task label column to its spec, e.g. "
                           f"'data.tasks={{click: {{kind: binary}}}}'; got {tasks!r}")
+    tasks = {name: task_shorthand(name, t) for name, t in tasks.items()}
     for name, t in tasks.items():
         unknown = sorted(set(dict(t or {})) - {"kind", "weight", "transform", "after"})
         if unknown:
@@ -43,6 +45,21 @@ def event_spec(data: dict) -> EventSpec:
     spec = EventSpec.from_config(tasks, data.get("categorical"), data.get("numeric"), data.get("cohorts"))
     check_labels_not_inputs(data, spec)
     return spec
+
+
+def task_shorthand(name: str, task) -> dict:
+    """``data.tasks.<name>``: a spec mapping as it is, or the shorthand ``binary`` / ``regression`` as
+    ``{kind: <it>}``; anything else is refused with the right form."""
+    if isinstance(task, str):
+        if task in ("binary", "regression"):
+            return {"kind": task}
+        raise SchemaError(f"data.tasks.{name}={task!r}: a task is binary or regression, written "
+                          f"'data.tasks={{{name}: binary}}' or 'data.tasks={{{name}: {{kind: regression, "
+                          "transform: log1p}}}}'")
+    if task is not None and not isinstance(task, dict):
+        raise SchemaError(f"data.tasks.{name}={task!r}: write 'data.tasks={{{name}: {{kind: binary}}}}' "
+                          f"(or the shorthand 'data.tasks={{{name}: binary}}')")
+    return dict(task or {})
 
 
 def check_labels_not_inputs(data: dict, spec: EventSpec) -> None:
@@ -211,6 +228,7 @@ def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None
             log.info("using %s as it is: transformed with the fit of %s", out, transformed_with(out))
             return out
         if not force and holds_dataset(out, config):
+            report_unknown(out, data)
             return out
         start = time.perf_counter()
         events = load_split_files(data["source"], split) if split.by == "file" and fit_from is None \
@@ -223,4 +241,21 @@ def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None
                         n_dup, events.height)
         prepare(events, spec, out, options, config=config, fit_from=fit_from, split=split)
         log.info("prepared %s in %.1fs", out, time.perf_counter() - start)
+        report_unknown(out, data)
     return out
+
+
+_REPORTED: set[tuple[str, str | None, float | None]] = set()  # (dataset, config hash, threshold) logged here
+
+
+def report_unknown(out: Path, data: dict) -> list[str]:
+    """Log the prepared dataset's share of unknown users / items in val and test (its manifest's
+    ``unknown``), warning above ``data.warn_unknown_share`` (:data:`data_prep.vocab.UNKNOWN_WARN`); once
+    per process and dataset (a run calls :func:`ensure_prepared` more than once)."""
+    manifest = read_manifest(out)
+    threshold = data.get("warn_unknown_share", UNKNOWN_WARN)
+    key = (str(Path(out).resolve()), manifest.get("config_hash"), threshold)
+    if key in _REPORTED:
+        return []
+    _REPORTED.add(key)
+    return warn_unknown(manifest.get("unknown") or {}, threshold, log, what=f"{out.name} ")

@@ -43,8 +43,9 @@ def config_hash(config: dict) -> str:
 
 
 def manifest_fields(fitted: FittedState, *, n_events: int, split_counts, cuts: tuple[int, int], n_user_keys: int,
-                    fit_from: str | None = None) -> dict:
-    """The manifest fields that describe a dataset's arrays (every prep path); ``cuts`` are this dataset's."""
+                    fit_from: str | None = None, unknown: dict | None = None) -> dict:
+    """The manifest fields that describe a dataset's arrays (every prep path); ``cuts`` are this dataset's;
+    ``unknown`` the share of unknown users / items per split (:func:`data_prep.vocab.unknown_shares`)."""
     spec, options = fitted.spec, fitted.options
     return {
         "layout": "per_event",
@@ -69,6 +70,7 @@ def manifest_fields(fitted: FittedState, *, n_events: int, split_counts, cuts: t
         "prep": options.to_dict(),
         "fingerprint": fitted.fingerprint(),
         "fit": {"dir": FIT_DIR, "version": FIT_VERSION, "cuts": list(fitted.cuts), "from": fit_from},
+        "unknown": unknown or {},
     }
 
 

@@ -50,6 +50,7 @@ from data_prep.schema import FILE, FILE_ROW, TS, USER, EventSpec, SchemaError, v
 from data_prep.sequences import user_runs
 from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform
+from data_prep.vocab import unknown_shares
 
 
 def raw_files(raw: str | Path | list) -> list[Path]:
@@ -208,7 +209,9 @@ def prepare_partitioned(raw: str | Path | list, spec: EventSpec, out_dir: str | 
 
         fields = manifest_fields(fitted, n_events=n, split_counts=split_counts,
                                  cuts=cuts or (first_ts, first_ts), n_user_keys=len(counts),
-                                 fit_from=None if fit_from is None else str(fit_from))
+                                 fit_from=None if fit_from is None else str(fit_from),
+                                 unknown=unknown_shares(*(np.load(tmp / f"{k}.npy", mmap_mode="r")
+                                                          for k in ("user", "item", "split"))))
         fields["split"] = split.to_dict() if fit_from is None else {"by": "fit_from"}
         manifest = {**fields, "source_checksum": source_checksum, "config": config or {},
                     "config_hash": config_hash(config or {}), "partitions": n_part}

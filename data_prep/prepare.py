@@ -22,6 +22,7 @@ from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
 from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
 from data_prep.transform import log_frame, stream_arrays, transform, user_layout
+from data_prep.vocab import unknown_shares
 
 
 def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fit_from: str | Path | None = None,
@@ -46,7 +47,8 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}
     fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=N_CODES),
-                             cuts=cuts, n_user_keys=len(users), fit_from=None if fit_from is None else str(fit_from))
+                             cuts=cuts, n_user_keys=len(users), fit_from=None if fit_from is None else str(fit_from),
+                             unknown=unknown_shares(arrays["user"], arrays["item"], arrays["split"]))
     fields["split"] = split.to_dict() if fit_from is None else {"by": "fit_from"}
     return arrays, fitted, users, fields
 

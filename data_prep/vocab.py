@@ -24,6 +24,7 @@ from data_prep.schema import TS, USER
 PAD, OOV, FIRST = 0, 1, 2
 UNSEEN = 0
 NO_COHORT = -1
+UNKNOWN_WARN = 0.25  # default data.warn_unknown_share: warn when more events than this have an unknown user / item
 KEY = ("_ku", "_kt", "_kr")  # first-seen key of a value: (user, ts, _row) of its first train row
 
 
@@ -80,3 +81,46 @@ def standardizer(m: tuple[int, float, float]) -> dict[str, float]:
     n, mean, m2 = m
     std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
     return {"mean": float(mean) if n else 0.0, "std": std if std > 0 else 1.0}
+
+
+def unknown_shares(user: np.ndarray, item: np.ndarray, split: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """The share of events whose user / item is unknown (:data:`OOV`: unseen in train, or rarer than
+    ``min_count``), per split (``split`` codes 0 train, 1 val, 2 test) or, without ``split``, over all
+    rows as ``"all"``: ``{"test": {"users": 0.12, "items": 0.40, "events": 5000}, ...}``.
+
+    A model scores unknown ids with one shared embedding, so a split with many of them has logloss and
+    AUC far from the known-id ones (KuaiRand's test items); prep and mose-predict report these shares.
+    """
+    from data_prep.split import SPLITS
+
+    groups = {"all": slice(None)} if split is None else {name: split == code for code, name in enumerate(SPLITS)}
+    out = {}
+    for name, rows in groups.items():
+        u, i = np.asarray(user[rows]), np.asarray(item[rows])
+        n = len(u)
+        out[name] = {"users": float((u == OOV).mean()) if n else 0.0,
+                     "items": float((i == OOV).mean()) if n else 0.0, "events": int(n)}
+    return out
+
+
+def warn_unknown(shares: dict[str, dict[str, float]], threshold: float | None, log, what: str = "",
+                 splits: tuple[str, ...] = ("val", "test", "all")) -> list[str]:
+    """Log the :func:`unknown_shares` of ``splits`` (info), and warn for each share above ``threshold``
+    (``None`` never warns); returns the warning lines."""
+    warned = []
+    for name in splits:
+        s = shares.get(name)
+        if not s or not s["events"]:
+            continue
+        where = f"{what}{name if name != 'all' else ''}".strip() or "events"
+        log.info("%s: unknown users %.1f%%, unknown items %.1f%% of %d events", where, 100 * s["users"],
+                 100 * s["items"], s["events"])
+        for kind in ("users", "items"):
+            if threshold is not None and s[kind] > threshold:
+                line = (f"{where}: {100 * s[kind]:.1f}% of the events have an unknown {kind[:-1]} (unseen in train "
+                        f"or rarer than data.prep.min_count; above the warning threshold {100 * threshold:.0f}%): "
+                        f"they share one learned embedding, so their scores differ little and metrics there "
+                        f"(logloss, AUC) say more about the unknown-id embedding than the model")
+                log.warning(line)
+                warned.append(line)
+    return warned

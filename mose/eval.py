@@ -19,11 +19,14 @@ from data_prep.paths import CONF_DIR
 from mose.compat import check_data_matches
 from data_prep.errors import cli_errors
 from mose.predict import load_module
+from mose.quiet import quiet_third_party
 from mose.results import summary, write_metrics
+from mose.threads import set_threads
 from mose.train import build_datamodule
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    set_threads(cfg.get("threads"))
     ckpt = Path(cfg.ckpt_path)
     module = load_module(ckpt)
     data = dict(module.hparams.data)
@@ -46,6 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
+    quiet_third_party()  # no litlogger tip, no Lightning-internal deprecation lines (mose/quiet.py)
     with cli_errors():
         evaluate(cfg)
 

@@ -97,6 +97,7 @@ def export(ckpt_path: str | Path, out: str | Path, fmt: str = "torchscript", bat
     meta = {
         "format": fmt, "checkpoint": str(ckpt_path), "tasks": module.tasks,
         "kinds": {t: module.hparams.tasks[t].get("kind", "binary") for t in module.tasks},
+        "scales": output_scales(module.hparams.tasks, module.tasks),
         "layout": loader_settings(module.hparams.data)["layout"],
         "inputs": [{"name": f, "onnx_name": n, "dtype": str(batch[f].dtype).removeprefix("torch."),
                     "shape": ["B", *batch[f].shape[1:]]}
@@ -116,6 +117,20 @@ def copy_vocab(root: Path, dest: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(tmp, dest)
     return dest
+
+
+def output_scales(tasks: dict, names: list[str]) -> dict[str, str]:
+    """What each column of the exported ``predictions`` means: ``probability`` (binary tasks), ``original units``
+    or ``log1p`` (a regression target trained with ``transform: log1p``: apply ``expm1`` for original units,
+    as mose-predict's ``pred_<task>`` does)."""
+    out = {}
+    for t in names:
+        spec = tasks[t]
+        if spec.get("kind", "binary") == "binary":
+            out[t] = "probability"
+        else:
+            out[t] = "log1p" if spec.get("transform", "none") == "log1p" else "original units"
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

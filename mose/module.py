@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -37,6 +38,13 @@ def to_predictions(logits: torch.Tensor, binary: torch.Tensor, mean: torch.Tenso
     return torch.where(binary, torch.sigmoid(logits), logits * std + mean)
 
 
+def scalar_tag(split: str, key: str) -> str:
+    """The logged name of a metric: ``<split>/<task>/<metric>`` (TensorBoard's first groups), cohort and gate
+    metrics under their own top level, ``<split>_cohort/...`` and ``<split>_gates/...``."""
+    group, _, rest = key.partition("/")
+    return f"{split}_{group}/{rest}" if group in ("cohort", "gates") and rest else f"{split}/{key}"
+
+
 class MultiTaskModule(pl.LightningModule):
     """Losses, loss weights, metrics, logging and the optimizer around a model from ``mose.models``.
 
@@ -60,7 +68,7 @@ class MultiTaskModule(pl.LightningModule):
     A model whose constructor takes ``after`` (ESMM, AITM) is given ``{task: parent}``.
     """
 
-    def __init__(self, model: dict, input_spec: dict, tasks: dict, task_stats: dict | None = None,
+    def __init__(self, model: dict[str, Any], input_spec: dict, tasks: dict, task_stats: dict | None = None,
                  cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  data: dict | None = None, weighting: dict | None = None, fingerprint: dict | None = None,
                  id_dropout: dict | None = None) -> None:
@@ -245,7 +253,8 @@ class MultiTaskModule(pl.LightningModule):
             values |= self._gate_diagnostics(split)
         self._report_undefined_auc(split, values)
         self.results[split] = values
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=False)
+        self.log_dict({scalar_tag(split, k): v for k, v in values.items() if not k.startswith("gates/cohort/")},
+                      prog_bar=False)  # per-cohort gate usage: the gates_by_cohort heatmap and metrics.json
 
     def _report_undefined_auc(self, split: str, values: dict[str, float]) -> None:
         """Warn once per split and task whose AUC is NaN (one class among its labels); not in the sanity check."""

@@ -9,18 +9,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def gate_heatmap(usage: np.ndarray, tasks: list[str], title: str = "expert utilization") -> plt.Figure:
-    """Heatmap of mean gate weight per task (rows) and expert (columns), values annotated."""
-    n_tasks, n_experts = usage.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n_experts, 0.8 + 0.5 * n_tasks))
-    im = ax.imshow(usage, vmin=0, vmax=max(float(usage.max()), 1e-6), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(n_experts), [f"e{e}" for e in range(n_experts)])
-    ax.set_yticks(range(n_tasks), tasks)
+def gate_heatmap(usage: np.ndarray, rows: list[str], title: str = "expert utilization") -> plt.Figure:
+    """Heatmap of mean gate weight per row (a task, or ``<cohort>=<value>/<task>``) and expert (columns),
+    values annotated, on a fixed 0-1 colour scale (figures of two runs or splits compare by colour).
+
+    Sized to its content: each cell is wide enough for its ``0.00`` label, the left margin fits the
+    longest row label and each row gets its own line height (constrained layout: no label is cut).
+    """
+    n_rows, n_experts = usage.shape
+    label_in = 0.075 * max((len(r) for r in rows), default=1)  # inches for the longest row label at 8 pt
+    width = max(3.2, 0.6 + label_in + 0.48 * n_experts + 0.9)  # labels, cells, colour bar
+    height = max(1.8, 1.0 + 0.3 * n_rows)
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    im = ax.imshow(usage, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n_experts), [f"e{e}" for e in range(n_experts)], fontsize=8)
+    ax.set_yticks(range(n_rows), rows, fontsize=8)
     for (r, c), v in np.ndenumerate(usage):
-        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < usage.max() / 2 else "k", fontsize=8)
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.5 else "k", fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
+    fig.colorbar(im, ax=ax, fraction=0.08, pad=0.02).ax.tick_params(labelsize=7)
     return fig
 
 
@@ -31,7 +38,8 @@ def metric_vs(series: dict[str, dict[str, dict[float, list[float]]]], xlabel: st
     metrics = list(series)
     has_base = baseline is not None and all(baseline in series[m] for m in metrics)
     rows = 2 if has_base else 1
-    fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False,
+                             layout="constrained")
     for c, metric in enumerate(metrics):
         for k, (model, points) in enumerate(series[metric].items()):
             color = f"C{k}"  # one colour per model in both rows
@@ -52,5 +60,4 @@ def metric_vs(series: dict[str, dict[str, dict[float, list[float]]]], xlabel: st
             axes[1, c].set_title(f"{metric}: model - {baseline}", fontsize=10)
             axes[1, c].set_xlabel(xlabel, fontsize=8)
             axes[1, c].legend(fontsize=7)
-    fig.tight_layout()
     return fig

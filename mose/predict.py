@@ -51,7 +51,7 @@ from data_prep.schema import (
 )
 from data_prep.split import SPLITS
 from data_prep.transform import transform
-from data_prep.vocab import OOV
+from data_prep.vocab import OOV, UNKNOWN_WARN, unknown_shares, warn_unknown
 from mose.atomic import write_file
 from mose.callbacks import load_checkpoint
 from mose.compat import check_data_matches
@@ -59,6 +59,8 @@ from mose.data.datamodule import loader_settings
 from mose.data.datasets import EventSplit, StreamSplit
 from data_prep.errors import CheckpointError, ConfigError, cli_errors
 from mose.module import MultiTaskModule
+from mose.quiet import quiet_third_party
+from mose.threads import set_threads
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -176,10 +178,13 @@ def read_candidates(path: str | Path, columns: dict | None = None, ts_unit: str 
 
 
 def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_size: int = 8192,
-                     data_dir: str | None = None, history: pl.DataFrame | None = None) -> np.ndarray:
+                     data_dir: str | None = None, history: pl.DataFrame | None = None,
+                     warn_unknown_share: float | None = None) -> np.ndarray:
     """Predictions ``(N, T)`` for canonical candidate events, encoded with the prepared folder's fitted state.
 
     ``history``: canonical events after (or beside) the prepared log, added to the users' histories.
+    ``warn_unknown_share``: warn when a larger share of candidates has an unknown user / item (None: the
+    checkpoint's ``data.warn_unknown_share``).
     """
     root = prepared_root(module, data_dir)
     fitted = load_fitted(root)
@@ -196,6 +201,10 @@ def score_candidates(module: MultiTaskModule, candidates: pl.DataFrame, batch_si
     log.info("scored %d candidates: %d unknown users, %d unknown items (not in the training vocabularies: "
              "scored with the learned unknown-id embedding)", len(arrays["user"]),
              int((arrays["user"] == OOV).sum()), int((arrays["item"] == OOV).sum()))
+    if warn_unknown_share is None:
+        warn_unknown_share = module.hparams.data.get("warn_unknown_share", UNKNOWN_WARN)
+    warn_unknown(unknown_shares(arrays["user"], arrays["item"]), warn_unknown_share, log, what="candidates",
+                 splits=("all",))
     if loader_settings(module.hparams.data)["layout"] == "per_stream":
         batches = stream_batches(arrays, logged, batch_size, fitted.options.stream_len)
     else:
@@ -228,6 +237,7 @@ def score_split(module: MultiTaskModule, split: str, batch_size: int = 8192,
 def predict(cfg: DictConfig) -> Path:
     """Score ``cfg.candidates`` (or the prepared ``cfg.split``) and write ``cfg.out`` (Parquet)."""
     torch.set_grad_enabled(False)
+    set_threads(cfg.get("threads"))
     module = load_module(cfg.ckpt_path)
     weights = OmegaConf.to_container(cfg.score_weights) if cfg.score_weights is not None else None
     start = time.perf_counter()
@@ -235,7 +245,7 @@ def predict(cfg: DictConfig) -> Path:
         cols = OmegaConf.to_container(cfg.columns) if cfg.columns is not None else None
         raw, cands = read_candidates(cfg.candidates, cols, cfg.ts_unit)
         history = read_candidates(cfg.history, cols, cfg.ts_unit)[1] if cfg.get("history") else None
-        preds = score_candidates(module, cands, cfg.batch_size, cfg.data_dir, history)
+        preds = score_candidates(module, cands, cfg.batch_size, cfg.data_dir, history, cfg.get("warn_unknown_share"))
         frame = pl.concat([raw, output_frame(module, preds, weights)], how="horizontal")
     else:
         info, preds = score_split(module, cfg.split, cfg.batch_size, cfg.data_dir)
@@ -249,6 +259,7 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
+    quiet_third_party()  # no litlogger tip, no Lightning-internal deprecation lines (mose/quiet.py)
     with cli_errors():
         predict(cfg)
 

@@ -4,8 +4,8 @@ Every ``metrics.json`` below ``DIR`` is one run (a single run folder or a Hydra 
 runs are grouped by the model config chosen (``model=...``) and the data set, and with
 ``--by KEY`` also by a config value (e.g. ``data.source.task_correlation``); ``--plot PNG`` draws
 a metric against that value per model. ``--negative-transfer`` compares every multi-task model
-with the single-task baseline per task (the seesaw effect). ``--cohorts`` adds a model x cohort x
-task table of GAUC. ``--ci A,B`` adds the paired difference A - B of test GAUC per task and
+with the single-task baseline per task (the seesaw effect). The markdown always has a model x cohort x task
+table (``--cohorts`` prints it too). ``--ci A,B`` adds the paired difference A - B of test GAUC per task and
 cohort with a 95% bootstrap interval over users (and over seeds when there are several): each run's
 ``per_user.parquet`` (per-user AUCs, what GAUC averages) is resampled, runs paired by seed.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -188,29 +189,6 @@ def negative_transfer_table(runs: list[dict], baseline: str = "single_task",
     return "\n".join(lines)
 
 
-def cohort_table(runs: list[dict], metric: str = "gauc") -> str:
-    """Cohort x task rows, one column per model: ``metric`` (mean ± std over seeds) per cohort value, with
-    the cohort's test events; the ``all`` rows first."""
-    models = list(dict.fromkeys(r["model"] for r in runs))
-    keys: dict[tuple[str, str], None] = {}
-    for run in runs:
-        for key in run["test"]:
-            parts = key.split("/")
-            if len(parts) == 2 and parts[1] == metric:
-                keys[("all", parts[0])] = None
-            elif len(parts) == 4 and parts[0] == "cohort" and parts[3] == metric:
-                keys[(parts[1], parts[2])] = None
-    lines = ["| cohort | n events | task | " + " | ".join(f"{m} ({sum(r['model'] == m for r in runs)})"
-                                                        for m in models) + " |",
-             "|---|---|---|" + "---|" * len(models)]
-    for cohort, task in sorted(keys, key=lambda k: (k[0] != "all", k[0])):
-        key = f"{task}/{metric}" if cohort == "all" else f"cohort/{cohort}/{task}/{metric}"
-        n = next((r["test"].get(f"cohort/{cohort}/n_events") for r in runs if cohort != "all"), None)
-        cells = [_mean_std([r["test"].get(key, math.nan) for r in runs if r["model"] == m]) for m in models]
-        lines.append(f"| {cohort} | {'' if n is None else int(n)} | {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def per_user(run: dict):
     """The run's per-user test AUCs (``group, task, user_key, auc, n``), or None if it has none."""
     import polars as pl
@@ -275,6 +253,46 @@ def ci_table(runs: list[dict], a: str, b: str, n_boot: int = N_BOOT) -> str:
     return "\n".join(lines)
 
 
+def cohort_table(runs: list[dict], metrics: tuple[str, ...]) -> str | None:
+    """Model x cohort x task: a row per (data, model, ``<cohort>=<value>``), a column per ``<task>/<metric>``
+    of ``metrics`` and GAUC, each cell ``mean ± std`` over the runs; None without per-cohort metrics."""
+    metrics = tuple(dict.fromkeys([*metrics, "gauc"]))
+    columns: dict[str, None] = {}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        values = set()
+        for key in run["test"]:
+            parts = key.split("/")
+            if len(parts) == 4 and parts[0] == "cohort" and parts[3] in metrics:
+                columns[f"{parts[2]}/{parts[3]}"] = None
+                values.add(parts[1])
+        for value in sorted(values):
+            groups[(run["data"], run["model"], value)].append(run)
+    if not columns:
+        return None
+    lines = ["| data | model | cohort | runs | " + " | ".join(columns) + " |", "|---|---|---|---|" + "---|" * len(columns)]
+    for (data, model, value), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        cells = [_mean_std([r["test"].get(f"cohort/{value}/{c}", math.nan) for r in group]) for c in columns]
+        lines.append(f"| {data} | {model} | {value} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_text(runs: list[dict], root: str | Path, metrics: tuple[str, ...], by: str | None,
+                pngs: list[Path], out: Path) -> str:
+    """The markdown report: the model x task table, a GAUC table beside it (when ``metrics`` lack it), the
+    model x cohort x task table, and the PNGs embedded (paths relative to ``out``)."""
+    text = (f"# Test metrics ({len(runs)} runs from {root})\n\nmean ± std over runs (seeds)\n\n"
+            f"{markdown_table(runs, metrics, by)}\n")
+    if "gauc" not in metrics and any(k.endswith("/gauc") for r in runs for k in r["test"]):
+        text += ("\n## GAUC (AUC within each user, averaged over users)\n\n"
+                 f"{markdown_table(runs, ('gauc',), by)}\n")
+    if table := cohort_table(runs, metrics):
+        text += f"\n## Per cohort (model x cohort x task)\n\n{table}\n"
+    if pngs:
+        text += "\n## Plots\n\n" + "".join(f"![{p.stem}]({os.path.relpath(p, out.parent)})\n\n" for p in pngs)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mose-report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", help="a run or multirun folder (searched recursively for metrics.json)")
@@ -287,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negative-transfer", action="store_true",
                         help="add every model minus the --baseline model per task")
     parser.add_argument("--baseline", default="single_task", help="baseline model for --negative-transfer / --plot deltas")
-    parser.add_argument("--cohorts", action="store_true", help="add the model x cohort x task table of GAUC")
+    parser.add_argument("--cohorts", action="store_true", help="print the model x cohort x task table too (the markdown always has it)")
     parser.add_argument("--ci", help="A,B: paired A - B test GAUC per task and cohort with 95%% bootstrap intervals "
                                      "over users and seeds (several pairs: A,B;C,D)")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap replicates of --ci")
@@ -303,23 +321,24 @@ def report(args: argparse.Namespace) -> None:
     if args.plot and not args.by:
         raise ConfigError("--plot needs --by KEY (the x axis)")
     runs = load_runs(args.dir)
-    if runs and args.plots:
-        from mose.report_plots import render_plots
-        for png in render_plots(runs, Path(args.out or Path(args.dir) / "report.md").parent):
-            print(f"plot: {png}")
     if not runs:
         raise InputError(f"no metrics.json found under {args.dir}")
     metrics = tuple(args.metrics.split(","))
+    out = Path(args.out or Path(args.dir) / "report.md")
+    pngs = []
+    if args.plots:
+        from mose.report_plots import render_plots
+        pngs = render_plots(runs, out.parent, metrics)  # metric_<m>.png for each of --metrics
+        for png in pngs:
+            print(f"plot: {png}")
     table = markdown_table(runs, metrics, args.by)
-    text = f"# Test metrics ({len(runs)} runs from {args.dir})\n\nmean ± std over runs (seeds)\n\n{table}\n"
+    text = report_text(runs, args.dir, metrics, args.by, pngs, out)
     if args.negative_transfer:
         nt = negative_transfer_table(runs, args.baseline, metrics)
         text += f"\n## Negative transfer: each model minus {args.baseline} (mean over seeds)\n{nt}\n"
         table += "\n" + nt
-    if args.cohorts:
-        ct = cohort_table(runs)
-        text += f"\n## Test GAUC per cohort (mean ± std over seeds)\n\n{ct}\n"
-        table += "\n\n" + ct
+    if args.cohorts and (ct := cohort_table(runs, metrics)):
+        table += "\n\n" + ct  # the markdown always has it (report_text)
     for pair in (args.ci.split(";") if args.ci else []):
         names = [m.strip() for m in pair.split(",")]
         known = sorted({r["model"] for r in runs})
@@ -334,7 +353,7 @@ def report(args: argparse.Namespace) -> None:
         fig = metric_vs(series, args.by, args.baseline)
         write_file(args.plot, "plot", lambda f: fig.savefig(f, dpi=120, format=Path(args.plot).suffix[1:] or "png"))
         print(f"plot: {args.plot}")
-    out = write_text(args.out or Path(args.dir) / "report.md", text, "report")
+    out = write_text(out, text, "report")
     print(table)
     print(f"written to {out}")
 

@@ -90,12 +90,13 @@ def metric_by_model(runs: list[dict], metric: str) -> plt.Figure | None:
     groups = group_runs(runs)
     series = {name: [_mean_std([r["test"].get(f"{t}/{metric}", math.nan) for r in group]) for t in tasks]
               for name, group in groups.items()}
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(tasks) * max(1, len(groups) / 3), 3.6))
+    # wide enough for the title and a legend outside the axes (one task, as MSE often has, included)
+    fig, ax = plt.subplots(figsize=(max(4.8, 2.6 + 1.2 * len(tasks) * max(1, len(groups) / 3)), 3.6),
+                           layout="constrained")
     _grouped_bars(ax, tasks, series, f"test {metric}")
     _from_chance(ax, metric, series)
-    ax.set_title(f"test {metric} per task by model (mean ± std over runs)", fontsize=9)
-    ax.legend(fontsize=7, ncol=max(1, len(groups) // 6))
-    fig.tight_layout()
+    ax.set_title(f"test {metric} per task by model\n(mean ± std over runs)", fontsize=9)
+    fig.legend(fontsize=7, loc="outside right upper", ncol=max(1, len(groups) // 12))
     return fig
 
 
@@ -116,7 +117,7 @@ def cohort_breakdown(runs: list[dict], metrics: tuple[str, ...] | None = None,
     groups = group_runs(runs)
     n_cols = max(len(tasks) for _, _, tasks in rows)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.8 + 2.8 * n_cols * max(1, len(groups) / 4),
-                                                         3.6 * len(rows)), squeeze=False)
+                                                         3.6 * len(rows)), squeeze=False, layout="constrained")
     for ax_row, (metric, values, tasks) in zip(axes, rows):
         for ax, task in zip(ax_row, tasks):
             series = {v: [_mean_std([r["test"].get(f"cohort/{cohort}={v}/{task}/{metric}", math.nan) for r in group])
@@ -130,7 +131,6 @@ def cohort_breakdown(runs: list[dict], metrics: tuple[str, ...] | None = None,
         ax_row[0].legend(title=cohort, fontsize=7)
     values = list(dict.fromkeys(v for _, vs, _ in rows for v in vs))
     fig.suptitle(f"test {', '.join(m for m, _, _ in rows)}: {' vs '.join(values)} users", fontsize=9)
-    fig.tight_layout()
     return fig
 
 

@@ -1,4 +1,5 @@
-"""TensorBoard at the end of testing: per-task PR curves and the hparams tab with the final metrics.
+"""TensorBoard summaries: a per-task custom-scalars layout at fit start; at the end of testing, per-task
+PR curves and the hparams tab with the final metrics (and the run's model name and seed).
 
 (The gate heatmaps are logged by ``MultiTaskModule`` itself, as ``val/gates`` / ``test/gates``.)
 Lightning 2.x calls callbacks' ``on_test_epoch_end`` *before* the module's, so the test metric
@@ -9,6 +10,8 @@ accumulated there; the computed ``pl_module.results["test"]`` exist from ``on_te
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +22,41 @@ from mose.metrics import BINARY, HPARAMS, metric_keys
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def sweep_run_name(sweep_dir: str | Path, model: str, seed: int, job: int) -> tuple[str, str]:
+    """TensorBoard ``(name, version)`` of one multirun job under ``<sweep_dir>/tensorboard``: ``<model>``,
+    ``seed<k>`` (``tensorboard --logdir <sweep dir>/tensorboard`` lists ``mmoe/seed0``, not ``0/tensorboard``),
+    and ``seed<k>-job<n>`` when another job of the sweep took that name (a sweep over other settings)."""
+    version = f"seed{seed}"
+    if (Path(sweep_dir) / "tensorboard" / model / version).exists():
+        version = f"{version}-job{job}"
+    return model, version
+
+
+def tensorboard_overrides(cfg) -> dict:
+    """Logger overrides for ``instantiate(cfg.logger, **...)``: in a Hydra multirun, a TensorBoardLogger writes
+    to ``<sweep dir>/tensorboard/<model>/seed<k>`` (:func:`sweep_run_name`); a single run keeps its config."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or not str(cfg.logger.get("_target_", "")).endswith("TensorBoardLogger"):
+        return {}
+    model = hc.runtime.choices.get("model") or str(cfg.model._target_).rsplit(".", 1)[-1].lower()
+    name, version = sweep_run_name(hc.sweep.dir, model, cfg.seed, hc.job.num)
+    return {"save_dir": str(Path(hc.sweep.dir) / "tensorboard"), "name": name, "version": version}
+
+
+def task_layout(tasks: dict[str, str]) -> dict:
+    """A TensorBoard custom-scalars layout for ``{task: kind}``: per task, one chart per metric of its kind with
+    the train / val / test curves together (``click/auc``: ``val/click/auc`` and ``test/click/auc``); then
+    ``auc_mean``."""
+    metrics = {"binary": ("loss", "auc", "gauc", "logloss"), "regression": ("loss", "mse")}
+    layout = {t: {f"{t}/{m}": ["Multiline", [rf"^(train|val|test)/{re.escape(t)}/{m}$"]]
+                  for m in metrics.get(kind, metrics["binary"])} for t, kind in tasks.items()}
+    layout["mean"] = {"auc_mean": ["Multiline", [r"^(val|test)/auc_mean$"]]}
+    return layout
 
 
 def hparam_metrics(results: dict[str, float], tasks: dict[str, str]) -> dict[str, float]:
@@ -49,8 +87,18 @@ class TestSummaries(pl.Callback):
     scalars so TensorBoard keeps both). Rank 0 only; under DDP the PR curves cover rank 0's share of the test set.
     """
 
-    def __init__(self, pr_curves: bool = True, hparams: bool = True, num_thresholds: int = 127) -> None:
+    def __init__(self, pr_curves: bool = True, hparams: bool = True, num_thresholds: int = 127,
+                 run: dict | None = None) -> None:
+        """``run``: extra hparams of the run, e.g. ``{model: mmoe, seed: 0}`` (conf/callbacks/default.yaml)."""
         self.pr_curves, self.hparams, self.num_thresholds = pr_curves, hparams, num_thresholds
+        self.run = dict(run or {})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The CUSTOM SCALARS tab: one chart per task with its train / val / test curves (:func:`task_layout`)."""
+        tb = _tensorboard(trainer)
+        if self.hparams and tb is not None and trainer.is_global_zero:
+            kinds = {t: "binary" if bool(pl_module.binary[i]) else "regression" for i, t in enumerate(pl_module.tasks)}
+            tb.experiment.add_custom_scalars(task_layout(kinds))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tb = _tensorboard(trainer)
@@ -71,7 +119,7 @@ class TestSummaries(pl.Callback):
         if not self.hparams or tb is None or not results or not trainer.is_global_zero:
             return
         h = dict(pl_module.hparams)
-        params = flat_hparams({"model": h.get("model", {}), "lr": h.get("lr"), "weight_decay": h.get("weight_decay"),
+        params = flat_hparams({**self.run, "model": h.get("model", {}), "lr": h.get("lr"), "weight_decay": h.get("weight_decay"),
                                "data": {k: h.get("data", {}).get(k) for k in ("name", "batch_size", "layout")},
                                "weighting": h.get("weighting")})
         tb.log_hyperparams(params, hparam_metrics(results, pl_module.metrics["test"].tasks))

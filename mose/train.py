@@ -8,7 +8,6 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +23,10 @@ from data_prep.errors import cli_errors
 from mose.metrics import monitor_mode
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
+from mose.quiet import quiet_third_party
 from mose.results import PER_USER, summary, write_metrics, write_per_user
+from mose.tb_callbacks import tensorboard_overrides
+from mose.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
     monitor_without_binary_tasks(cfg)  # regression tasks only: val/loss stands in for val/auc_mean
     check_config(cfg)  # config errors stop here, naming the key (mose/config_checks.py)
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))  # null: from the free cores (mose/threads.py)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = build_datamodule(data)
@@ -77,11 +78,13 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         fingerprint=manifest.get("fingerprint"),
         id_dropout=OmegaConf.to_container(cfg.id_dropout, resolve=True) if cfg.get("id_dropout") else None,
     )
-    logger = instantiate(cfg.logger)
+    logger = instantiate(cfg.logger, **tensorboard_overrides(cfg))  # multirun: <sweep>/tensorboard/<model>/seed<k>
     callbacks = [instantiate(c) for c in callback_configs(OmegaConf.to_container(cfg.callbacks, resolve=True))]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
     ckpt_path = find_resume_checkpoint(cfg.resume, out_dir)
     check_resume(ckpt_path, module)  # another model, vocabulary or task set: error naming what differs
+    if ckpt_path:
+        log.info("resume=%s: continuing from %s; this run writes to %s", cfg.resume, ckpt_path, out_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best_ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # model_checkpoint
     best_path = best_ckpt.best_model_path if best_ckpt else ""
@@ -104,6 +107,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     """Returns the best ``val/auc_mean``: what a sweeper (``hparams_search=...``) maximises, never a test metric."""
+    quiet_third_party()  # no litlogger tip, no Lightning-internal deprecation lines (mose/quiet.py)
     with cli_errors():  # in the job too: Hydra would add its own 'Error executing job' line
         return run(cfg)[1]
 

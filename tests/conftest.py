@@ -185,3 +185,10 @@ def one_task_run(events, tmp_path_factory) -> tuple[Path, list[str]]:
     proc = run_console("mose-train", "mose.train", args, work)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return work, args
+
+
+def prepared_dir(data_root: Path, name: str) -> Path:
+    """The one prepared dataset ``<name>-<source key>`` under ``data_root`` (``dir`` of conf/data/*.yaml)."""
+    found = [p for p in Path(data_root).glob(f"{name}-*") if p.is_dir()]
+    assert len(found) == 1, found
+    return found[0]

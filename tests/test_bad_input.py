@@ -230,4 +230,4 @@ def test_cli_reports_bad_input_and_exits_2(kind, tmp_path):
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and all(w in err for w in words), err
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "data" / "events").exists()
+    assert not list((tmp_path / "data").glob("events*"))  # no dataset folder, whatever its source key

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import prepared_dir
 
 from data_prep.paths import CONF_DIR
 from mose.metrics import MultiTaskMetrics
@@ -106,8 +107,8 @@ def test_ddp_sim_trains_and_rank0_writes(tmp_path):
     metrics = check_ddp_run(proc, run)
     logs = {p.name: p.read_text() for p in run.glob("*.log")}  # one per process: train.log, train_ddp_process_1.log
     assert len(logs) == 2 and sum(t.count("loaded 3001 events") for t in logs.values()) == 1, logs
-    assert not list(data_dir.glob(".synthetic.tmp-*"))
-    manifest = json.loads((data_dir / "synthetic" / "manifest.json").read_text())
+    assert not list(data_dir.glob(".synthetic*.tmp-*"))
+    manifest = json.loads((prepared_dir(data_dir, "synthetic") / "manifest.json").read_text())
     test = metrics["test"]
     n_test = manifest["splits"]["test"]
     assert n_test % 2 == 1, f"pick n_events for an odd test split (got {n_test})"  # a padding sampler would repeat one

@@ -83,7 +83,10 @@ def test_gated_run_writes_diagnostics_and_trains_with_pcgrad(events_parquet, tmp
     acc = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.tfevents.*")).parent))
     acc.Reload()
     assert {"test/gates", "test/gates_by_cohort"} <= set(acc.Tags()["images"])
-    assert "test/gates/click/entropy" in acc.Tags()["scalars"]
+    scalars = acc.Tags()["scalars"]
+    assert "test_gates/click/entropy" in scalars and "test/click/auc" in scalars  # gates: their own top level
+    assert "test_cohort/user_group=a/click/auc" in scalars
+    assert not [t for t in scalars if "/gates/" in t or t.startswith(("test/cohort", "test_gates/cohort"))], scalars
     assert "train/click/weight" in acc.Tags()["scalars"]
 
 

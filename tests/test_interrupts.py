@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import prepared_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from data_prep.build import ensure_prepared
@@ -124,7 +125,9 @@ def dataset_state(root: Path) -> tuple[str, dict]:
 
 def test_killed_prep_leaves_previous_dataset_intact(tmp_path):
     data = tmp_path / "data"
-    base = [*PREP, f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"]
+    # one data.dir: the new dataset (another source seed, another source key) overwrites the previous one
+    base = [*PREP, f"paths.data_dir={data}", f"data.dir={data / 'synthetic'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
     t0 = time.monotonic()
     rc, log = finish(start(base, tmp_path, "mose-prep", "data_prep.cli"))
     took = time.monotonic() - t0
@@ -220,7 +223,7 @@ def test_nonfinite_loss_skip_mode_drops_the_batch(nan_at_step, events_parquet, t
     train(nonfinite_config(events_parquet, tmp_path, "skip"))
     GlobalHydra.instance().clear()
     assert nan_at_step
-    manifest = read_manifest(tmp_path / "data" / "events")
+    manifest = read_manifest(prepared_dir(tmp_path / "data", "events"))
     batches = math.ceil(manifest["splits"]["train"] / 64)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     # the skipped batch has no backward: its optimizer step finds no gradients and changes nothing,

@@ -88,7 +88,7 @@ def test_report_ci_and_cohort_table(two_models, capsys):
     diff, interval = cells[5].split(" [")
     lo, hi = (float(v) for v in interval.rstrip("] *").split(", "))
     assert float(diff) == pytest.approx(a - b, abs=2e-4) and lo <= float(diff) <= hi
-    assert "| seen_in_train=unseen |" in text.split("## Test GAUC per cohort")[1]
+    assert "| seen_in_train=unseen |" in text.split("## Per cohort")[1]
     with pytest.raises(SystemExit, match="--ci mmoe,nope"):
         report_main([str(sweep), "--ci", "mmoe,nope", "--no-plots"])
 

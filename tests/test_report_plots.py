@@ -41,7 +41,8 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
     n_runs = fake_multirun(tmp_path / "multirun")
     main([str(tmp_path / "multirun")])
     report = (tmp_path / "multirun" / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| synthetic |")]
+    main_table, _, rest = report.partition("\n## ")
+    rows = [line for line in main_table.splitlines() if line.startswith("| synthetic |")]
     assert [r.split("|")[2].strip() for r in rows] == list(MODELS)  # one row per model (seeds averaged)
     assert sum(int(r.split("|")[3]) for r in rows) == n_runs  # every run counted
     assert "click/auc" in report and "±" in rows[0]
@@ -50,6 +51,18 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert not (tmp_path / "multirun" / "gates_single_task.png").exists()  # no gates, no heatmap
     assert "plot: " in capsys.readouterr().out
+    # the PNGs embedded; a GAUC table beside the AUC one; model x cohort x task with each run counted
+    assert "![metric_auc](metric_auc.png)" in report and "![gates_mmoe](gates_mmoe.png)" in report
+    assert rest.startswith("GAUC")
+    gauc = rest.split("\n## ")[0]
+    assert "click/gauc" in gauc and "0.6000 ± 0.0000" in gauc
+    cohort = [line.split("|")[1:5] for line in report.split("## Per cohort")[1].splitlines()
+              if line.startswith("| synthetic |")]
+    assert len(cohort) == len(MODELS) * 2 and all(int(c[3]) == len(SEEDS) for c in cohort)  # x (new, regular)
+    assert ["synthetic", "mmoe", "new_user=new", "2"] in [[x.strip() for x in c] for c in cohort]
+    # --metrics sets the plots too
+    main([str(tmp_path / "multirun"), "--metrics", "auc,logloss", "--out", str(tmp_path / "m" / "r.md")])
+    assert (tmp_path / "m" / "metric_logloss.png").is_file() and not (tmp_path / "m" / "metric_mse.png").exists()
 
 
 def test_report_no_plots_and_out(tmp_path):

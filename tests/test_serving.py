@@ -86,6 +86,29 @@ def test_eval_on_a_later_log_transformed_with_the_training_fit(checkpoint, tmp_p
     assert 0 < metrics["click/auc"] < 1 and m["n_events"] == later.height
 
 
+def test_predict_warns_when_most_candidates_are_unknown(checkpoint, caplog):
+    """Candidates whose items the model never saw: counted, and warned about above warn_unknown_share."""
+    import logging
+
+    from mose.predict import load_module, score_candidates
+
+    module = load_module(checkpoint)
+    cands = raw_split(module).drop("click", "like", "watch_time").head(200)
+    unseen = cands.with_columns(pl.when(pl.int_range(pl.len()) < 150).then(pl.col("item_id") + 10**9)
+                                .otherwise(pl.col("item_id")).alias("item_id"))  # 75% unseen items
+    known = pl.read_parquet(Path(module.hparams.data["dir"]) / "fit" / "vocab" / "item_id.parquet")["value"]
+    share = 100 * (150 + int((~cands["item_id"].tail(50).is_in(known.implode())).sum())) / 200  # by hand
+    with caplog.at_level(logging.INFO, logger="mose.predict"):
+        score_candidates(module, unseen, warn_unknown_share=0.5)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"candidates: {share:.1f}% of the events have an unknown item") for m in warned), warned
+    assert any(f"unknown items {share:.1f}% of 200 events" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mose.predict"):
+        score_candidates(module, unseen, warn_unknown_share=1.0)  # a share is never above 1: no warning
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_ranking_score_is_weighted_product():
     from data_prep.errors import ConfigError
     from mose.predict import ranking_score
@@ -157,6 +180,12 @@ def test_torchscript_export_gives_checkpoint_scores(checkpoint, tmp_path):
     scripted = torch.jit.load(str(path))
     got = scripted(*[batch[f] for f in model_fields(batch)])
     torch.testing.assert_close(got, _checkpoint_predictions(module, batch))
+    # the sidecar says each column's scale: watch_time (log1p target) comes out as log1p(seconds)
+    assert meta["scales"] == {"click": "probability", "like": "probability", "watch_time": "log1p"}
+    from mose.predict import task_outputs
+
+    w = module.tasks.index("watch_time")
+    np.testing.assert_allclose(task_outputs(module, got.numpy())["watch_time"], np.expm1(got.numpy()[:, w]))
 
 
 def test_onnx_export_gives_checkpoint_scores(checkpoint, tmp_path):

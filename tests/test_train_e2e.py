@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_with_output
+from conftest import compose_with_output, prepared_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from mose.metrics import METRICS
@@ -101,13 +101,13 @@ def test_eval_reproduces_test_metrics(trained):
     ckpt = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]
     eval_dir = tmp / "eval"
     cfg = compose_with_output("eval", [f"ckpt_path={ckpt}", "trainer.enable_progress_bar=false"], eval_dir)
-    mtime = os.stat(tmp / "data" / "events" / "manifest.json").st_mtime_ns
+    mtime = os.stat(prepared_dir(tmp / "data", "events") / "manifest.json").st_mtime_ns
     again = evaluate(cfg)
     assert again["click/auc"] == pytest.approx(test["click/auc"], abs=1e-6)
     assert again["like/gauc"] == pytest.approx(test["like/gauc"], abs=1e-6)
     assert again["watch_time/mse"] == pytest.approx(test["watch_time/mse"], rel=1e-5)
     assert json.loads((eval_dir / "metrics.json").read_text())["test"]["click/auc"] == again["click/auc"]
-    assert os.stat(tmp / "data" / "events" / "manifest.json").st_mtime_ns == mtime  # dataset reused
+    assert os.stat(prepared_dir(tmp / "data", "events") / "manifest.json").st_mtime_ns == mtime  # dataset reused
 
 
 def test_eval_rejects_missing_checkpoint(tmp_path):
@@ -139,7 +139,9 @@ def test_multirun_subprocess(events_parquet, tmp_path):
     for p in metrics:
         test = json.loads(p.read_text())["test"]
         assert test["click/auc"] > 0.6 and "like/gauc" in test, (p, test["click/auc"])
-        assert list(p.parent.rglob("events.out.tfevents.*"))
         assert list((p.parent / "checkpoints").glob("*.ckpt"))
-    assert (tmp_path / "data" / "events" / "manifest.json").is_file()  # prepared once, outside the repo
+    assert (prepared_dir(tmp_path / "data", "events") / "manifest.json").is_file()  # prepared once, outside the repo
     assert (sweep / "multirun.yaml").is_file()
+    # TensorBoard runs named <model config>/seed<k> under the sweep's tensorboard/ (not 0/tensorboard)
+    runs = sorted({str(p.parent.relative_to(sweep / "tensorboard")) for p in sweep.rglob("events.out.tfevents.*")})
+    assert runs == ["shared_bottom/seed0", "single_task/seed0"], runs
