@@ -85,7 +85,7 @@ def mse(preds: torch.Tensor, targets: torch.Tensor) -> float:
 # Where a metric is shown besides metrics.json and the logged val/test scalars (which hold every
 # metric of the table, per task and per cohort value):
 SUMMARY = "summary"    # the per-task table printed after mose-train / mose-eval (mose.results.summary)
-HPARAMS = "hparams"    # TensorBoard's hparams tab: hp/<task>/<name>, hp/<name>_mean (mose.tb_callbacks)
+HPARAMS = "hparams"    # TensorBoard's hparams tab: test/<task>/<name>, test/<name>_mean (mose.tb_callbacks)
 REPORT = "report"      # mose-report's default columns and metric_<name>.png (mose.report, mose.report_plots)
 PROGRESS = "progress"  # the progress bar's latest validation value per task (mose.progress)
 COHORTS = "cohorts"    # new vs regular users: summary columns and cohort_new_vs_regular.png

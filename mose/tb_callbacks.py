@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from mose.metrics import BINARY, HPARAMS, metric_keys
+from mose.metrics import BINARY, HPARAMS, METRICS, metric_keys
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -49,20 +49,21 @@ def tensorboard_overrides(cfg) -> dict:
 
 
 def task_layout(tasks: dict[str, str]) -> dict:
-    """A TensorBoard custom-scalars layout for ``{task: kind}``: per task, one chart per metric of its kind with
-    the train / val / test curves together (``click/auc``: ``val/click/auc`` and ``test/click/auc``); then
-    ``auc_mean``."""
-    metrics = {"binary": ("loss", "auc", "gauc", "logloss"), "regression": ("loss", "mse")}
+    """A TensorBoard custom-scalars layout for ``{task: kind}``: per task, one chart for its loss and one per
+    metric of its kind (:data:`mose.metrics.METRICS`) with the train / val / test curves together
+    (``click/auc``: ``val/click/auc`` and ``test/click/auc``); then the ``<metric>_mean`` charts."""
     layout = {t: {f"{t}/{m}": ["Multiline", [rf"^(train|val|test)/{re.escape(t)}/{m}$"]]
-                  for m in metrics.get(kind, metrics["binary"])} for t, kind in tasks.items()}
-    layout["mean"] = {"auc_mean": ["Multiline", [r"^(val|test)/auc_mean$"]]}
+                  for m in ("loss", *(s.name for s in METRICS if kind in s.kinds))} for t, kind in tasks.items()}
+    layout["mean"] = {f"{s.name}_mean": ["Multiline", [rf"^(val|test)/{s.name}_mean$"]] for s in METRICS
+                      if s.mean and any(k in s.kinds for k in tasks.values())}
     return layout
 
 
 def hparam_metrics(results: dict[str, float], tasks: dict[str, str]) -> dict[str, float]:
-    """``hp/<task>/<metric>`` and ``hp/<metric>_mean`` of the metrics the hparams tab shows
-    (:data:`mose.metrics.METRICS`) for ``{task: kind}``, from the flat test ``results``; NaNs left out."""
-    return {f"hp/{k}": results[k] for k in metric_keys(tasks, HPARAMS) if not math.isnan(results.get(k, math.nan))}
+    """``test/<task>/<metric>`` and ``test/<metric>_mean`` of the metrics the hparams tab shows
+    (:data:`mose.metrics.METRICS`) for ``{task: kind}``, from the flat test ``results``; NaNs left out.
+    The names are those of the test scalars the run already logs, which the hparams tab reads."""
+    return {f"test/{k}": results[k] for k in metric_keys(tasks, HPARAMS) if not math.isnan(results.get(k, math.nan))}
 
 
 def flat_hparams(hparams: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
@@ -83,8 +84,8 @@ class TestSummaries(pl.Callback):
     """After ``trainer.test``: ``test/pr/<task>`` PR curves (binary tasks) and the hparams tab.
 
     The hparams tab gets the model, optimizer and data settings, and as metrics the final test
-    ``hp/<task>/<metric>`` and ``hp/auc_mean`` (:func:`hparam_metrics`; the names differ from the
-    scalars so TensorBoard keeps both). Rank 0 only; under DDP the PR curves cover rank 0's share of the test set.
+    ``test/<task>/<metric>`` and ``test/auc_mean`` scalars (:func:`hparam_metrics`): the hparams summary names
+    them and TensorBoard reads their values, so no second copy of them is logged. Rank 0 only; under DDP the PR curves cover rank 0's share of the test set.
     """
 
     def __init__(self, pr_curves: bool = True, hparams: bool = True, num_thresholds: int = 127,
@@ -122,5 +123,9 @@ class TestSummaries(pl.Callback):
         params = flat_hparams({**self.run, "model": h.get("model", {}), "lr": h.get("lr"), "weight_decay": h.get("weight_decay"),
                                "data": {k: h.get("data", {}).get(k) for k in ("name", "batch_size", "layout")},
                                "weighting": h.get("weighting")})
-        tb.log_hyperparams(params, hparam_metrics(results, pl_module.metrics["test"].tasks))
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = tb.experiment._get_file_writer()  # as Lightning's log_hyperparams, without logging the metrics again
+        for summary in hparams(params, hparam_metrics(results, pl_module.metrics["test"].tasks)):
+            writer.add_summary(summary)
         tb.experiment.flush()

@@ -97,7 +97,7 @@ def test_cli_options_and_from_hydra(tmp_path, capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["model"]["_target_"] == "mose.models.shared_bottom.SharedBottom"
     assert config["trainer"]["max_epochs"] == 4
-    assert config["trainer"]["logger"]["class_path"] == "pytorch_lightning.loggers.TensorBoardLogger"
+    assert config["trainer"]["logger"]["class_path"] == "mose.tb_logger.TensorBoardLogger"
 
 
 def test_help_names_the_program_and_only_its_groups(tmp_path):

@@ -188,7 +188,7 @@ def test_a_row_added_to_the_metric_table_reaches_every_output(monkeypatch, tmp_p
     header, *_, means = summary(out, list(TASKS)).splitlines()
     assert {"mae", "new", "regular"} <= set(header.split()) and "mae" in means
     hp = hparam_metrics(out, TASKS)
-    assert {"hp/watch/mae", "hp/mae_mean"} <= set(hp) and "hp/click/mae" not in hp
+    assert {"test/watch/mae", "test/mae_mean"} <= set(hp) and "test/click/mae" not in hp
 
     monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: {})
     trainer = SimpleNamespace(callback_metrics={"val/watch/mae": torch.tensor(0.25)})

@@ -214,7 +214,7 @@ def test_tensorboard_has_pr_curves_and_hparams(checkpoint):
         for kind in tags:
             tags[kind] |= set(acc.Tags()[kind])
     assert {"test/pr/click", "test/pr/like"} <= tags["tensors"]
-    assert {"hp/click/auc", "hp/auc_mean", "hp/watch_time/mse"} <= tags["scalars"]
+    assert {"test/click/auc", "test/auc_mean", "test/watch_time/mse"} <= tags["scalars"]
 
 
 def test_stream_model_candidates_and_export(tmp_path):
