@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -100,7 +101,9 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
                              epochs=trainer.current_epoch, global_step=trainer.global_step)
         write_per_user(out_dir / PER_USER, module.per_user.get("test", {}))
         print(summary(test, list(data["tasks"])))
-        print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  (tensorboard --logdir outputs)")
+        sweep = HydraConfig.get().mode == RunMode.MULTIRUN  # every run of the sweep under <sweep>/tensorboard
+        print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  "
+              f"(tensorboard --logdir {logger.save_dir if sweep else logger.log_dir})")
     return test, best_val
 
 
