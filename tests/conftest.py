@@ -187,6 +187,10 @@ def one_task_run(events, tmp_path_factory) -> tuple[Path, list[str]]:
     return work, args
 
 
+# the models of a declared task dependency (data.tasks.<task>.after): they refuse a log without one, a one-task log too
+CHAINED_MODELS = frozenset({"esmm", "aitm"})
+
+
 def prepared_dir(data_root: Path, name: str) -> Path:
     """The one prepared dataset ``<name>-<source key>`` under ``data_root`` (``dir`` of conf/data/*.yaml)."""
     found = [p for p in Path(data_root).glob(f"{name}-*") if p.is_dir()]

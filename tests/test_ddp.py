@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import prepared_dir
+from conftest import CHAINED_MODELS, prepared_dir
 
 from data_prep.paths import CONF_DIR
 from mose.metrics import MultiTaskMetrics
@@ -73,7 +73,6 @@ def test_metrics_sync_across_ranks_equals_single_process(tmp_path):
 
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
-CHAINED = {"esmm", "aitm"}
 TINY = ["data.source.n_events=3000", "data.source.n_users=60", "data.source.n_items=60", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", "data.batch_size=32", "data.prep.stream_len=8",
         "data.prep.stream_overlap=2", "data.prep.history_len=5"]
@@ -131,7 +130,7 @@ def test_ddp_sim_trains_and_rank0_writes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [m for m in MODELS if m != "mmoe"])
 def test_ddp_sim_trains_every_model(model, tmp_path_factory):
-    chained = model in CHAINED  # ESMM / AITM model a declared task dependency: the synthetic conversion after click
+    chained = model in CHAINED_MODELS  # ESMM / AITM model a declared task dependency: the synthetic conversion after click
     data_dir = tmp_path_factory.getbasetemp() / ("ddp-data-convert" if chained else "ddp-data")  # shared by the models
     extra = ["+data.tasks.convert={kind: binary, after: click}"] if chained else []
     proc, run = train_ddp(model, tmp_path_factory.mktemp(model), data_dir, *extra)

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import compose_with_output, run_console
+from conftest import CHAINED_MODELS, compose_with_output, run_console
 from hydra.core.global_hydra import GlobalHydra
 
 from data_prep.paths import CONF_DIR
@@ -49,6 +49,14 @@ def test_every_model_with_one_task(model, kind, one_thread, tmp_path, tmp_path_f
     data_dir = tmp_path_factory.getbasetemp() / f"one-task-{kind}"  # prepared by the first model, then reused
     cfg = compose_with_output("train", [f"model={model}", *tasks, *TINY, one_thread,
                                            f"paths.data_dir={data_dir}"], tmp_path / "run")
+    if model in CHAINED_MODELS:  # a dependency needs two tasks: refused with the form to declare one, nothing written
+        from data_prep.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=r"needs a task dependency: declare data\.tasks\.<task>\.after"):
+            train(cfg)
+        GlobalHydra.instance().clear()
+        assert not list((tmp_path / "run").rglob("*.ckpt"))
+        return
     test = train(cfg)
     GlobalHydra.instance().clear()
     assert math.isfinite(test[f"{task}/auc" if kind == "binary" else f"{task}/mse"]), test
