@@ -79,16 +79,23 @@ def generate_raw(n: int, out: Path, chunk: int = CHUNK, workers: int = 2) -> Pat
     return out
 
 
-def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
+def child(mode: str, raw: Path, out: Path, rows_per_partition: int, engine: str = "local", workers: int = 2) -> dict:
     import polars as pl
 
     from data_prep.build import event_spec
     from data_prep.options import PrepOptions
 
     data = data_config()
-    spec, prep = event_spec(data), PrepOptions.from_config(data["prep"])
+    spec = event_spec(data)
+    prep = PrepOptions.from_config({**data["prep"], "engine": engine, "workers": workers})
     files = sorted(raw.glob("*.parquet"))
     timings: dict = {}
+    if engine == "ray":  # a running Ray instance, as on a cluster: its start is reported, not timed
+        import ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        timings["ray_init"] = time.perf_counter() - t
     start = time.perf_counter()
     if mode == "memory":
         from data_prep.prepare import prepare
@@ -108,7 +115,14 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int) -> dict:
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"mode": mode, "n": n, "seconds": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime,
+    # the largest worker process (processes: the pool's workers, reaped at its shutdown; not Ray's workers)
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20 if engine == "processes" else None
+    if engine == "ray":
+        import ray
+
+        ray.shutdown()
+    return {"mode": mode if mode == "memory" else f"partitioned-{engine}", "engine": engine, "n": n,
+            "seconds": seconds, "worker_rss_gib": worker_rss, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime,
             "sys_s": ru.ru_stime, "rss_gib": peak_rss_gib(),
             "out_gib": size / 2**30,
             "timings": timings}
@@ -243,6 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows-per-partition", type=int, default=2_000_000)
     parser.add_argument("--profile", type=float, default=0, help="per-phase wall / user / kernel seconds of the "
                         "in-memory prep at this size")
+    parser.add_argument("--engines", nargs="+", choices=["local", "processes", "ray"],
+                        help="compare the partitioned prep's engines (2 workers) at --sizes, run alternately "
+                             "--rounds times; writes bench/results/prep_engines.json and its section of "
+                             "docs/performance.md")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engine", default="local", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["gen", "memory", "partitioned", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--raw", help=argparse.SUPPRESS)
@@ -256,7 +276,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"phases": profile(args.n)}))
         return
     if args.child:
-        print(json.dumps(child(args.child, Path(args.raw), Path(args.out), args.rows_per_partition)))
+        print(json.dumps(child(args.child, Path(args.raw), Path(args.out), args.rows_per_partition, args.engine)))
+        return
+    if args.engines:
+        from common import environment
+
+        env = environment(2)
+        for n in args.sizes:
+            save_engines(run_engines(int(n), args.engines, args.rounds, args.rows_per_partition), env)
+        print("\n".join(engine_lines()))
         return
     if args.profile:
         print("\n".join(profile_table(run_profile(int(args.profile)))))
@@ -271,6 +299,86 @@ def main(argv: list[str] | None = None) -> None:
 
 
 BIG_JSON = ROOT / "bench/results/prep_big.json"
+ENGINES_JSON = ROOT / "bench/results/prep_engines.json"
+ENGINES_HEADING = "### Prep engines"
+
+
+def run_engines(n: int, engines: list[str], rounds: int, rows_per_partition: int = 2_000_000) -> list[dict]:
+    """The partitioned prep of ``n`` events on each engine, ``rounds`` times, the engines alternating (on a
+    loaded machine each round sees about the same load); every run a fresh child process."""
+    run_child([__file__, "--child", "gen", "--n", str(n)])
+    results = []
+    for r in range(rounds):
+        for engine in engines:
+            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+                res = run_child([__file__, "--child", "partitioned", "--raw", str(raw_dir(n)), "--out",
+                                 str(Path(tmp) / "d"), "--rows-per-partition", str(rows_per_partition),
+                                 "--engine", engine])
+            res["round"] = r
+            print(f"  round {r} {engine:9s} n={n:.0e}: {res['seconds']:.1f}s {res['timings']}", flush=True)
+            results.append(res)
+    if n >= 20_000_000:
+        shutil.rmtree(raw_dir(n), ignore_errors=True)
+    return results
+
+
+def save_engines(results: list[dict], env: str) -> None:
+    """Keep the engine runs of one size in ``ENGINES_JSON`` (keyed by size) and rewrite their section of
+    docs/performance.md (run_all renders the same section from the JSON)."""
+    from datetime import datetime, timezone
+
+    saved = json.loads(ENGINES_JSON.read_text()) if ENGINES_JSON.exists() else {}
+    saved[str(results[0]["n"])] = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+                                   "environment": env, "results": results}
+    ENGINES_JSON.parent.mkdir(parents=True, exist_ok=True)
+    ENGINES_JSON.write_text(json.dumps(saved, indent=1))
+    doc = ROOT / "docs/performance.md"
+    text = doc.read_text()
+    section = "\n".join(engine_lines()) + "\n"
+    if ENGINES_HEADING in text:
+        a = text.index(ENGINES_HEADING)
+        b = min(i for i in (text.find("\n### ", a + 1), text.find("\n## ", a + 1), text.find("\nWhere the", a + 1),
+                            len(text)) if i >= 0) + 1
+        text = text[:a] + section + text[b:]
+    else:
+        a = text.index("Where the in-memory prep spends")
+        text = text[:a] + section + "\n" + text[a:]
+    doc.write_text(text)
+
+
+def engine_lines() -> list[str]:
+    """The docs/performance.md section of ``ENGINES_JSON``: per size and engine, the median of the rounds."""
+    import statistics
+
+    if not ENGINES_JSON.exists():
+        return []
+    lines = [f"{ENGINES_HEADING} (`python bench/prep_bench.py --engines local processes ray --sizes 1e7`)", "",
+             ("The partitioned prep (partitions of 2M rows) on each `data.prep.engine`, 2 workers, the engines run "
+              "alternately in fresh processes; medians (min-max) of the rounds. `ray` joins a local Ray instance "
+              "started before the clock (its start, `ray_init`, not timed, as on a running cluster). Peak RSS: the "
+              "driver process; `worker` the largest pool worker (`processes`; Ray's workers are not its children)."),
+             "", ("| engine | events | rounds | seconds, median (min-max) | events / s | speed-up vs local | "
+                  "driver peak RSS (GiB) | worker peak RSS (GiB) | split / fit / transform / streams (s, median) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    runs = []
+    for n, block in sorted(json.loads(ENGINES_JSON.read_text()).items(), key=lambda kv: int(kv[0])):
+        by = {}
+        for r in block["results"]:
+            by.setdefault(r["engine"], []).append(r)
+        med = {e: statistics.median(r["seconds"] for r in rs) for e, rs in by.items()}
+        for e, rs in by.items():
+            secs = [r["seconds"] for r in rs]
+            phases = " / ".join(f"{statistics.median(r['timings'][k] for r in rs):.1f}"
+                                for k in ("split_pass", "stats_pass", "build_pass", "streams"))
+            worker = max((r.get("worker_rss_gib") or 0) for r in rs)
+            speed = f"{med['local'] / med[e]:.2f}x" if "local" in med else "-"
+            lines.append(f"| {e} | {int(n):.0e} | {len(rs)} | {med[e]:.1f} ({min(secs):.1f}-{max(secs):.1f}) | "
+                         f"{int(n) / med[e]:,.0f} | {speed} | {max(r['rss_gib'] for r in rs):.2f} | "
+                         f"{f'{worker:.2f}' if worker else '-'} | {phases} |")
+        runs.append(f"- {int(n):.0e}: {block['date']}; {block['environment']}")
+    lines += ["", "Runs (the load average at the start tells how busy the shared machine was; single runs vary):",
+              *runs, ""]
+    return lines
 
 
 def save_big(res: dict, env: str) -> None:

@@ -183,6 +183,7 @@ def render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minut
     else:
         lines += ["The 1e8 partitioned run (`python bench/prep_bench.py --big`) has not been recorded on this "
                   "machine yet.", ""]
+    lines += prep_bench.engine_lines()  # bench/results/prep_engines.json (prep_bench.py --engines), if recorded
     lines += [
         f"Where the in-memory prep spends its time ({profile_n:.0e} events, `python bench/prep_bench.py --sizes "
         f"--profile {profile_n:.0e}`: `getrusage` around each phase in a fresh process; nested phases count in "

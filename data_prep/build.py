@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import logging
 import os
 import shutil
@@ -17,7 +19,7 @@ from hydra.utils import instantiate
 from data_prep.dataset import FORMAT_VERSION, config_hash, load_fitted, read_manifest
 from data_prep.options import PrepOptions
 from data_prep.prepare import prepare
-from data_prep.schema import FILE, EventSpec, SchemaError, drop_duplicates
+from data_prep.schema import FILE, EventSpec, SchemaError, drop_duplicates, event_columns
 from data_prep.split import SPLIT_COLUMN, SPLITS, SplitOptions
 from data_prep.vocab import UNKNOWN_WARN, warn_unknown
 
@@ -90,15 +92,17 @@ def prep_config(data: dict, spec: EventSpec, options: PrepOptions) -> dict:
 
 
 def source_files_stamp(source: dict) -> list[list]:
-    """``[path, size, mtime_ns]`` of every file the source config points at (files or folders).
+    """``[path, size, mtime_ns]`` of every file the source config points at (files, folders or globs).
 
     Part of the dataset's config hash, so editing or replacing a raw log re-prepares it.
     """
     stamp = []
     for value in source.values():
-        if isinstance(value, str) and value and Path(value).exists():
+        if isinstance(value, str) and value and (Path(value).exists() or glob.has_magic(value)):
             root = Path(value)
-            for f in sorted([root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())):
+            files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file()) if root.is_dir() \
+                else (Path(f) for f in glob.glob(value, recursive=True) if Path(f).is_file())
+            for f in sorted(files):
                 st = f.stat()
                 stamp.append([str(f), st.st_size, st.st_mtime_ns])
     return stamp
@@ -202,6 +206,44 @@ def load_events(source: dict):
         raise
 
 
+EVENTS_LOAD = "data_prep.sources.events.load"
+
+
+def prepare_at_scale(source: dict, spec: EventSpec, out: Path, options: PrepOptions, config: dict,
+                     fit_from: str | Path | None, split: SplitOptions | None = None) -> None:
+    """The partitioned prep on ``options.engine`` with the split ``split``: an events source of Parquet (file,
+    folder, glob) is scanned lazily in slices (the log is never held whole, nor deduplicated: drop duplicate rows
+    upstream); any other source, and ``data.split.by=file`` (:func:`load_split_files`, each event's part in
+    :data:`data_prep.split.SPLIT_COLUMN`), is loaded, deduplicated and written to one Parquet file beside ``out``
+    first."""
+    from data_prep.partitioned import prepare_partitioned
+    from data_prep.sources import events as events_source
+
+    split = split or SplitOptions()
+    by_file = split.by == "file" and fit_from is None
+    path = source.get("path")
+    if not by_file and source.get("_target_") == EVENTS_LOAD and isinstance(path, str) and (
+            events_source.is_url(path) or events_source.is_parquet_dataset(path)
+            or path.lower().endswith(events_source.PARQUET_SUFFIXES)):
+        events_source.scan(path, source.get("columns"), source.get("ts_unit", "ms"))  # bad paths / columns: now
+        raw = functools.partial(events_source.scan, path, source.get("columns"), source.get("ts_unit", "ms"))
+        prepare_partitioned(raw, spec, out, options, config=config, fit_from=fit_from, split=split)
+        return
+    events, n_dup = drop_duplicates(load_split_files(source, split) if by_file else load_events(source))
+    if n_dup:
+        log.warning("dropped %d exact duplicate event row(s) (same value in every column); %d left",
+                    n_dup, events.height)
+    raw = out.parent / f".{out.name}.tmp-raw-{os.getpid()}"  # a killed run's is tidied by clean_stale
+    try:
+        raw.mkdir(parents=True)
+        events.select(event_columns(events)).write_parquet(raw / "events.parquet")
+        del events
+        prepare_partitioned([raw / "events.parquet"], spec, out, options, config=config, fit_from=fit_from,
+                            split=split)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+
+
 def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None = None) -> Path:
     """Prepare ``data["dir"]`` from ``data["source"]`` unless a dataset with the same config is there.
 
@@ -231,6 +273,11 @@ def ensure_prepared(data: dict, force: bool = False, fit_from: str | Path | None
             report_unknown(out, data)
             return out
         start = time.perf_counter()
+        if options.partitioned:
+            prepare_at_scale(data["source"], spec, out, options, config, fit_from, split)
+            log.info("prepared %s (engine %s) in %.1fs", out, options.engine, time.perf_counter() - start)
+            report_unknown(out, data)
+            return out
         events = load_split_files(data["source"], split) if split.by == "file" and fit_from is None \
             else load_events(data["source"])
         log.info("loaded %d events from %s in %.1fs", events.height, data["source"].get("_target_"),

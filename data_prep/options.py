@@ -26,6 +26,10 @@ def check_number(path: str, value: Any, integer: bool = True, allow_zero: bool =
         raise error(f"{path}={value}: must be {what} {'>= 0' if allow_zero else '> 0'}")
 
 
+ENGINES = ("local", "processes", "ray")
+RUN_KEYS = ("engine", "workers", "ray_address", "rows_per_partition")
+
+
 @dataclass(frozen=True)
 class PrepOptions:
     """How events become arrays: history and stream lengths, split fractions, id and cohort cuts.
@@ -37,6 +41,12 @@ class PrepOptions:
     counts of the ``activity`` cohort; ``personalization`` extra columns of the POSO code;
     ``new_user_train_fraction`` the share of new-user train events kept (the rest stay in histories,
     untrained: :func:`data_prep.split.downsample_new_users`).
+
+    How the prep runs (never what it writes: not in :meth:`to_dict`, the manifest or the config hash):
+    ``engine`` ``local`` (one process), ``processes`` (a process pool of ``workers``, default all
+    cores) or ``ray`` (Ray tasks: the running Ray instance, or ``ray.init(address=ray_address)``;
+    ``auto`` joins a started cluster); ``rows_per_partition`` the user-hash partition size of the
+    partitioned prep (``null`` with ``engine=local``: the in-memory prep; default 2,000,000 otherwise).
     """
 
     history_len: int = 20
@@ -49,6 +59,10 @@ class PrepOptions:
     activity_buckets: tuple[int, ...] = ()
     personalization: tuple[str, ...] = ()
     new_user_train_fraction: float = 1.0
+    engine: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+    rows_per_partition: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "activity_buckets", tuple(self.activity_buckets or ()))
@@ -72,6 +86,14 @@ class PrepOptions:
         if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) or \
                 list(bounds) != sorted(set(bounds)) or (bounds and bounds[0] <= 0):
             raise SchemaError(f"data.prep.activity_buckets={list(bounds)}: must be ascending positive counts")
+        if self.engine not in ENGINES:
+            raise SchemaError(f"data.prep.engine={self.engine}: must be one of {', '.join(ENGINES)}")
+        for key in ("workers", "rows_per_partition"):
+            if getattr(self, key) is not None:
+                check_number(f"data.prep.{key}", getattr(self, key))
+        if self.ray_address is not None and not (isinstance(self.ray_address, str) and self.ray_address):
+            raise SchemaError(f"data.prep.ray_address={self.ray_address}: must be an address (host:port, ray://..., "
+                              "auto) or null")
         if not all(isinstance(c, str) and c for c in self.personalization):
             raise SchemaError(f"data.prep.personalization={list(self.personalization)}: must be column names")
 
@@ -85,6 +107,12 @@ class PrepOptions:
             raise SchemaError(f"data.prep.{unknown[0]}: unknown key (data.prep has {', '.join(known)})")
         return cls(**prep)
 
+    @property
+    def partitioned(self) -> bool:
+        """Whether ``mose-prep`` takes the partitioned prep (any engine but local, or a partition size)."""
+        return self.engine != "local" or self.rows_per_partition is not None
+
     def to_dict(self) -> dict:
-        """Plain data (lists, not tuples): what the manifest, the fitted state and the config hash store."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain data (lists, not tuples): what the manifest, the fitted state and the config hash store (the
+        options that shape the arrays; not :data:`RUN_KEYS`, how the prep runs)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUN_KEYS}

@@ -41,8 +41,13 @@ def _absolute(value):
 
 def source_key(*parts) -> str:
     """A short hash (8 hex digits) of config nodes, e.g. ``data.source`` and ``data.prep``: file paths
-    that exist count as absolute paths; a missing value (``???``) hashes as itself."""
+    that exist count as absolute paths; a missing value (``???``) hashes as itself; a mapping's
+    :data:`data_prep.options.RUN_KEYS` (``data.prep.engine`` ...: how the prep runs, not what it writes) are
+    left out, so every engine finds the same dataset."""
+    from data_prep.options import RUN_KEYS
+
     plain = [_absolute(_plain(p)) for p in parts]
+    plain = [{k: v for k, v in p.items() if k not in RUN_KEYS} if isinstance(p, dict) else p for p in plain]
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:KEY_LEN]
 
 

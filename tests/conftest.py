@@ -126,6 +126,19 @@ def events_parquet(events, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs, no dashboard) shared by the Ray tests, shut down after them; its address
+    (``host:port``) lets a subprocess (``hydra.launcher.ray.init.address=``) join it. Skips without the ray extra.
+    Only this machine's processes talk to it; Ray 2.60 still listens on all interfaces and advertises the host's IP
+    whatever ``_node_ip_address`` says (its token authentication is on by default)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mose[ray]')")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 def load(root: Path, name: str) -> np.ndarray:
     return np.load(Path(root) / f"{name}.npy")
 

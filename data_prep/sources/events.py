@@ -6,10 +6,19 @@
 Mapped columns are renamed to their canonical names, every other column is kept as it is, and ``ts``
 becomes Int64 milliseconds. Each row also records its file and 1-based data row
 (``data_prep.schema.with_file_rows``), so validation errors name the rows of the file.
+
+At scale, ``path`` may be a Parquet dataset: a folder of Parquet files (read recursively in path
+order; a hive-partitioned one, ``day=2024-01-01/part-0.parquet``, adds its keys as columns) or a
+glob (``logs/*.parquet``), or an object-store URL Polars reads (``s3://bucket/logs/``, credentials
+from the environment). ``scan`` reads one lazily (``pl.scan_parquet``): the partitioned prep
+(``data.prep.engine=processes|ray`` or ``data.prep.rows_per_partition``) slices it and never holds
+the whole log; ``load`` collects it.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 
 import polars as pl
@@ -53,10 +62,81 @@ def read(path: str | Path, separator: str = ",", encoding: str = "utf8") -> pl.D
         raise SchemaError(f"event file {path} cannot be read ({type(err).__name__}: {first}){hint}") from None
 
 
-def _ids_fit_int64(df: pl.DataFrame) -> pl.DataFrame:
+def _ids_fit_int64(df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """Integer id columns wider than int64 (``Int128``/``UInt64`` from large ids) become strings, losslessly."""
-    wide = [c for c in ("user_id", "item_id") if c in df.columns and df.schema[c] in (pl.Int128, pl.UInt64, pl.UInt128)]
+    schema = df.collect_schema()
+    wide = [c for c in ("user_id", "item_id") if c in schema and schema[c] in (pl.Int128, pl.UInt64, pl.UInt128)]
     return df.with_columns(pl.col(c).cast(pl.String) for c in wide) if wide else df
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is an object-store or file URL (``s3://bucket/logs/``, ``gs://...``, ``file:///...``)."""
+    return "://" in str(path)
+
+
+def is_parquet_dataset(path: str | Path) -> bool:
+    """Whether ``path`` is a folder (of Parquet files) or a glob pattern, not one file."""
+    return Path(path).is_dir() or glob.has_magic(str(path))
+
+
+def dataset_files(path: str | Path) -> list[str]:
+    """The Parquet files of a folder (recursively) or glob, in path order; :class:`SchemaError` if there are none."""
+    p = str(path)
+    pattern = os.path.join(p, "**", "*") if Path(p).is_dir() else p
+    files = sorted(f for f in glob.glob(pattern, recursive=True) if f.lower().endswith(PARQUET_SUFFIXES)
+                   and os.path.isfile(f))
+    if not files:
+        raise SchemaError(f"event path {path}: no Parquet files ({', '.join(PARQUET_SUFFIXES)}) in it")
+    return files
+
+
+def _canonical(lf: pl.LazyFrame, path: str, columns: dict[str, str] | None, ts_unit: str,
+               convert_ts: bool = True) -> pl.LazyFrame:
+    """``columns`` renamed to their canonical names, wide ids as strings, ``ts`` as Int64 ms (lazily; with
+    ``convert_ts``)."""
+    if ts_unit not in TS_UNITS:
+        raise SchemaError(f"unknown ts_unit '{ts_unit}'; expected one of {TS_UNITS}")
+    names = lf.collect_schema().names()
+    columns = dict(columns or {})
+    missing = {canon: src for canon, src in columns.items() if src not in names}
+    if missing:
+        which = ", ".join(f"'{src}' (for '{canon}')" for canon, src in missing.items())
+        raise SchemaError(f"{path}: mapped column(s) {which} not found; the file has {names}")
+    repeated = sorted({src for src in columns.values() if list(columns.values()).count(src) > 1})
+    if repeated:
+        raise SchemaError(f"{path}: column(s) {repeated} are mapped to more than one canonical name")
+    clash = [c for c, src in columns.items() if c != src and c in names and c not in columns.values()]
+    if clash:
+        raise SchemaError(f"{path}: column(s) {clash} exist in the file and are also mapped from another column")
+    lf = _ids_fit_int64(lf.rename({src: canon for canon, src in columns.items()}))
+    if TS not in lf.collect_schema():
+        raise SchemaError(f"{path}: no '{TS}' column; map one with columns={{'ts': ...}}; the file has {names}")
+    if convert_ts and (lf.collect_schema()[TS] != pl.Int64 or ts_unit != "ms"):
+        lf = lf.with_columns(pl.col(TS).map_batches(lambda ts: to_ms(ts, ts_unit), return_dtype=pl.Int64))
+    return lf
+
+
+def scan(path: str | Path, columns: dict[str, str] | None = None, ts_unit: str = "ms") -> pl.LazyFrame:
+    """A Parquet file, folder (hive-partitioned or not) or glob as canonical events, lazily, in file order.
+
+    Canonical id/ts columns first; the column map and ``ts_unit`` as in :func:`load` (no file-row columns:
+    the partitioned prep numbers the rows of the whole dataset).
+    """
+    src = str(path)
+    if not is_url(src) and not is_parquet_dataset(src) and not src.lower().endswith(PARQUET_SUFFIXES):
+        raise SchemaError(f"event path {path}: a lazy scan reads Parquet (a file, folder or glob)")
+    try:  # a folder: its hive keys (key=value subfolders) become columns; a URL: Polars' object-store reader
+        if is_url(src):
+            lf = pl.scan_parquet(src)
+        else:
+            lf = pl.scan_parquet(src if Path(src).is_dir() else dataset_files(src) if is_parquet_dataset(src) else [src])
+        lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SchemaError(f"event path {path} cannot be read ({type(err).__name__}: {first})") from None
+    lf = _canonical(lf, src, columns, ts_unit)
+    first = [c for c in ("user_id", "item_id", TS) if c in lf.collect_schema()]
+    return lf.select(*first, pl.exclude(*first))
 
 
 def to_ms(ts: pl.Series, unit: str) -> pl.Series:
@@ -107,24 +187,19 @@ def load(path: str, columns: dict[str, str] | None = None, ts_unit: str = "ms",
     """
     if ts_unit not in TS_UNITS:
         raise SchemaError(f"unknown ts_unit '{ts_unit}'; expected one of {TS_UNITS}")
-    df = with_file_rows(read(path, separator, encoding), path)
+    if is_parquet_dataset(path):  # a folder or glob of Parquet files: each row with its file and row there
+        files = dataset_files(path)
+        df = pl.scan_parquet(str(path) if Path(path).is_dir() else files, include_file_paths=FILE).collect()
+        df = df.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over(FILE).alias(FILE_ROW),
+                             pl.col(FILE).cast(pl.Enum(files)))
+    else:
+        df = with_file_rows(read(path, separator, encoding), path)
     columns = dict(columns or {})
-    missing = {canon: src for canon, src in columns.items() if src not in df.columns}
-    if missing:
-        which = ", ".join(f"'{src}' (for '{canon}')" for canon, src in missing.items())
-        raise SchemaError(f"{path}: mapped column(s) {which} not found; the file has {df.columns}")
-    repeated = sorted({src for src in columns.values() if list(columns.values()).count(src) > 1})
-    if repeated:
-        raise SchemaError(f"{path}: column(s) {repeated} are mapped to more than one canonical name")
-    clash = [c for c, src in columns.items() if c != src and c in df.columns and c not in columns.values()]
-    if clash:
-        raise SchemaError(f"{path}: column(s) {clash} exist in the file and are also mapped from another column")
-    df = _ids_fit_int64(df.rename({src: canon for canon, src in columns.items()}))
-    if TS not in df.columns:
-        raise SchemaError(f"{path}: no '{TS}' column; map one with columns={{'ts': ...}}; the file has {df.columns}")
+    df = _canonical(df.lazy(), str(path), columns, ts_unit, convert_ts=False).collect()
     try:
         df = df.with_columns(to_ms(df[TS], ts_unit))
     except SchemaError as err:
         raise SchemaError(f"{path}: {err} (file column '{columns.get(TS, TS)}')") from None
     first = [c for c in ("user_id", "item_id", TS) if c in df.columns]
     return df.select(*first, pl.exclude(*first, FILE_ROW, FILE), FILE_ROW, FILE).sort(TS, maintain_order=True)
+
