@@ -79,6 +79,21 @@ def generate_raw(n: int, out: Path, chunk: int = CHUNK, workers: int = 2) -> Pat
     return out
 
 
+def ray_workers_peak_rss_gib() -> float | None:
+    """The largest peak RSS (``VmHWM`` in ``/proc/<pid>/status``) of this machine's Ray worker processes."""
+    peaks = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            if not (cmd.startswith(b"ray::") or b"default_worker.py" in cmd):  # Ray renames busy workers ray::<task>
+                continue
+            line = next(x for x in (proc / "status").read_text().splitlines() if x.startswith("VmHWM:"))
+        except (OSError, StopIteration):  # gone meanwhile, or not ours to read
+            continue
+        peaks.append(int(line.split()[1]) / 2**20)  # kB -> GiB
+    return max(peaks, default=None)
+
+
 def child(mode: str, raw: Path, out: Path, rows_per_partition: int, engine: str = "local", workers: int = 2) -> dict:
     import polars as pl
 
@@ -115,11 +130,13 @@ def child(mode: str, raw: Path, out: Path, rows_per_partition: int, engine: str 
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    # the largest worker process (processes: the pool's workers, reaped at its shutdown; not Ray's workers)
+    # the largest worker process: the pool's workers (reaped at its shutdown), or Ray's (not our children: their
+    # peak RSS, VmHWM, read from /proc before the instance stops)
     worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20 if engine == "processes" else None
     if engine == "ray":
         import ray
 
+        worker_rss = ray_workers_peak_rss_gib()
         ray.shutdown()
     return {"mode": mode if mode == "memory" else f"partitioned-{engine}", "engine": engine, "n": n,
             "seconds": seconds, "worker_rss_gib": worker_rss, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime,
@@ -356,7 +373,7 @@ def engine_lines() -> list[str]:
              ("The partitioned prep (partitions of 2M rows) on each `data.prep.engine`, 2 workers, the engines run "
               "alternately in fresh processes; medians (min-max) of the rounds. `ray` joins a local Ray instance "
               "started before the clock (its start, `ray_init`, not timed, as on a running cluster). Peak RSS: the "
-              "driver process; `worker` the largest pool worker (`processes`; Ray's workers are not its children)."),
+              "driver process; `worker` the largest worker process (`processes`: the pool's; `ray`: Ray's workers, their VmHWM)."),
              "", ("| engine | events | rounds | seconds, median (min-max) | events / s | speed-up vs local | "
                   "driver peak RSS (GiB) | worker peak RSS (GiB) | split / fit / transform / streams (s, median) |"),
              "|---|---|---|---|---|---|---|---|---|"]
