@@ -227,11 +227,27 @@ def check_dependencies(model: Mapping, data: Mapping) -> None:
             raise ConfigError(str(err)) from None
 
 
+CAUSAL_WINDOWS = {"window": ("next_step",)}  # model.gate -> the data.windows it is causal with (others: all)
+
+
+def check_gate_windows(model: Mapping, data: Mapping) -> None:
+    """``model.gate=window`` pools every step of a window, so it is causal only where each window scores
+    its last step alone (``data.windows=next_step``); with ``data.windows=chunks`` a step's gate would
+    see later steps and, through their ``prev_label``, the labels of earlier events."""
+    gate, windows = model.get("gate"), data.get("windows") or WINDOWS[0]
+    allowed = CAUSAL_WINDOWS.get(gate)
+    if allowed is not None and windows not in allowed:
+        raise ConfigError(f"model.gate={gate} with data.windows={windows}: the window gate pools every step of "
+                          f"a window, so a step's gate would see later steps (and the labels of earlier events "
+                          f"they carry); use model.gate=step, or data.windows={' or '.join(allowed)}")
+
+
 def check_config(cfg: DictConfig | Mapping) -> None:
     """All static checks of a ``mose-train`` config; raises :class:`ConfigError` naming the key."""
     check_model(_section(cfg, "model"))
     data = _section(cfg, "data")
     check_data(data)
+    check_gate_windows(_section(cfg, "model"), data)
     check_weighting(_section(cfg, "weighting"), _section(cfg, "model"))
     check_monitors(cfg, data["tasks"])
     seed = cfg.get("seed")

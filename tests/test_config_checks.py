@@ -120,3 +120,24 @@ def test_cli_prints_error_and_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model.n_experts=0"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # stopped before preparing anything
+
+
+@pytest.mark.parametrize("model", ["mose", "stream_mmoe_ff"])
+def test_window_gate_is_refused_over_chunks_and_kept_for_next_step(model):
+    """``model.gate=window`` pools a whole window: over chunks a step's gate would see later steps."""
+    with pytest.raises(ConfigError) as err:
+        check_config(config(f"model={model}", "model.gate=window", "data.windows=chunks"))
+    assert "model.gate=window" in str(err.value) and "data.windows=chunks" in str(err.value), str(err.value)
+    check_config(config(f"model={model}", "model.gate=window", "data.windows=next_step"))
+    check_config(config(f"model={model}", "model.gate=step", "data.windows=chunks"))
+
+
+def test_mose_train_refuses_the_window_gate_over_chunks(tmp_path):
+    """The console script: ``error:`` naming both keys, exit 2, before any data is prepared."""
+    from conftest import error_line, run_console
+
+    proc = run_console("mose-train", "mose.train", ["model=mose", "model.gate=window", "data.windows=chunks",
+                                                    f"paths.data_dir={tmp_path / 'data'}", "threads=1"], tmp_path)
+    line = error_line(proc)
+    assert "model.gate=window" in line and "data.windows=chunks" in line, line
+    assert not (tmp_path / "data").exists()

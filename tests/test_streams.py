@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from data_prep.dataset import read_manifest
+from data_prep.errors import ConfigError
+from data_prep.paths import CONF_DIR
 from data_prep.options import PrepOptions
 from data_prep.prepare import prepare
 from data_prep.schema import EventSpec, TaskSpec
 from data_prep.sources import sequential
+from data_prep.sequences import WINDOWS
 from data_prep.split import SPLITS
+from mose.config_checks import check_gate_windows
 from mose.data.datasets import StreamSplit
-from mose.models.mose import MoSE
+from mose.models.mose import GATES, MoSE
 from mose.nn.embeddings import InputSpec
 from mose.nn.grouped_lstm import GroupedLSTM, LSTMList
 from mose.nn.sequence import GroupedSequence
@@ -318,3 +327,89 @@ def test_stream_predictions_are_the_scored_steps(prepared):
     per_step = torch.stack([out[t] for t in module.tasks], -1)  # (B, S, T): the raw output is per step
     assert per_step.shape[:2] == mask.shape
     assert torch.allclose(preds, module.predictions(per_step[mask]))
+
+
+STREAM_MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")
+                       if p.stem == "mose" or p.stem.startswith("stream_"))
+
+
+def gate_window_pairs(refused: bool = False) -> list[tuple[str, str | None, str]]:
+    """``(model config, model.gate or None, data.windows)`` for every per-stream model config and every
+    gate / window pair ``check_gate_windows`` allows (``refused``: the pairs it refuses)."""
+    out = []
+    for name in STREAM_MODELS:
+        model = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")["model"])
+        for gate in GATES if "gate" in model else (None,):
+            for windows in WINDOWS:
+                try:
+                    check_gate_windows({"gate": gate}, {"windows": windows})
+                    ok = True
+                except ConfigError:
+                    ok = False
+                if ok != refused:
+                    out.append((name, gate, windows))
+    return out
+
+
+def later_rows_perturbed(root: Path, dest: Path, seed: int = 0) -> np.ndarray:
+    """A copy of the prepared folder ``root`` at ``dest`` in which, for every user, every event after a
+    random cut has its features (item, categorical, numeric) replaced and its labels and ``prev_label``
+    flipped; returns each row's cut (the user's last unchanged row)."""
+    shutil.copytree(root, dest)
+    rng = np.random.default_rng(seed)
+    offsets = np.load(root / "user_offsets.npy")
+    sizes = np.diff(offsets)
+    cut = np.repeat(offsets[:-1] + (rng.random(len(sizes)) * sizes).astype(np.int64), sizes)
+    later = np.arange(offsets[-1]) > cut
+    for name in ("item", "cat", "num", "labels", "prev_label"):
+        arr = np.load(root / f"{name}.npy")
+        if name in ("labels", "prev_label"):
+            new = (1 - arr) if name == "prev_label" else arr + 1
+        elif name == "num":
+            new = rng.standard_normal(arr.shape).astype(arr.dtype)
+        else:
+            new = rng.integers(1, max(int(arr.max(initial=1)), 1) + 1, arr.shape).astype(arr.dtype)
+        arr[later] = new[later]
+        np.save(dest / f"{name}.npy", arr)
+    return cut
+
+
+@pytest.mark.parametrize("name, gate, windows", gate_window_pairs())
+def test_later_steps_never_move_earlier_logits(prepared, tmp_path, name, gate, windows):
+    """Every per-stream model config and every allowed gate / window pair, on batches served from the
+    prepared data: flipping the labels and features of a user's events after step t (and the labels
+    later steps carry in ``prev_label``) leaves the logits of the steps <= t exactly unchanged (chunks:
+    every valid step; next_step: the scored step of each window, the only one it predicts)."""
+    assert_later_steps_never_move_earlier_logits(prepared[1], tmp_path, name, gate, windows)
+
+
+@pytest.mark.parametrize("name, gate, windows", gate_window_pairs(refused=True))
+def test_the_refused_pair_would_leak(prepared, tmp_path, name, gate, windows):
+    """The pairs ``check_gate_windows`` refuses (the window gate over chunks) do leak: the check above fails."""
+    with pytest.raises(AssertionError, match="earlier logits moved"):
+        assert_later_steps_never_move_earlier_logits(prepared[1], tmp_path, name, gate, windows)
+
+
+def assert_later_steps_never_move_earlier_logits(root, tmp_path, name, gate, windows):
+    torch.manual_seed(0)
+    cut = later_rows_perturbed(root, tmp_path / "perturbed")
+    conf = OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")["model"]
+    if gate is not None:
+        conf.gate = gate
+    spec = InputSpec.from_manifest(read_manifest(root))
+    model = instantiate(conf, input_spec=spec, tasks=["click", "like", "dwell"]).eval()
+    moved_later = False
+    for split in SPLITS:
+        base_ds, new_ds = StreamSplit(root, split, windows), StreamSplit(tmp_path / "perturbed", split, windows)
+        positions = list(range(len(base_ds)))
+        rows, mask = base_ds._rows(np.asarray(positions))
+        rows_flat = rows.clip(0)
+        earlier = (rows >= 0) & (rows <= cut[rows_flat])
+        keep = earlier if windows == "chunks" else earlier & mask
+        with torch.no_grad():
+            base, new = model(base_ds.__getitems__(positions)), model(new_ds.__getitems__(positions))
+        for task in ("click", "like", "dwell"):
+            a, b = base[task].numpy(), new[task].numpy()
+            assert np.array_equal(a[keep], b[keep]), f"{name} gate={gate} windows={windows} {split}: earlier logits moved"
+            moved_later |= not np.allclose(a[(rows >= 0) & ~earlier], b[(rows >= 0) & ~earlier])
+    assert moved_later, "the perturbation changed no later logit: the test would not see a leak"

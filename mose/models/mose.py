@@ -7,8 +7,9 @@ the same stream data.
 
 Gates: ``gate="step"`` (default) computes a gate at each step from the bottom output at that
 step (causal). ``gate="window"`` computes one gate per window from the bottom outputs of all
-its steps, as in the paper; it sees later steps, so use it only with ``data.windows=next_step``
-(each window scores its last event alone).
+its steps, as in the paper; it sees later steps, so it is causal only with
+``data.windows=next_step`` (each window scores its last event alone), and ``mose-train`` refuses it
+with ``data.windows=chunks`` (``mose.config_checks.check_gate_windows``).
 
 ``poso=True`` adds POSO (Dai et al., 2021) on the experts, which the POSO paper did not do: each
 expert's output at each step is scaled by a personalized gate ``C * sigmoid(MLP(x_pc))`` of the
