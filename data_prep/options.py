@@ -40,7 +40,10 @@ class PrepOptions:
     below which a user / item id shares the OOV index; ``activity_buckets`` ascending prior-event
     counts of the ``activity`` cohort; ``personalization`` extra columns of the POSO code;
     ``new_user_train_fraction`` the share of new-user train events kept (the rest stay in histories,
-    untrained: :func:`data_prep.split.downsample_new_users`).
+    untrained: :func:`data_prep.split.downsample_new_users`). ``carry_state`` serves each user's
+    chunks in time order and carries the LSTM states from one chunk to the next (``mose.data.lanes``,
+    ``mose.nn.carry``); its chunks do not overlap (the carried state is their context), so
+    ``stream_overlap`` is then unused.
 
     How the prep runs (never what it writes: not in :meth:`to_dict`, the manifest or the config hash):
     ``engine`` ``local`` (one process), ``processes`` (a process pool of ``workers``, default all
@@ -63,6 +66,12 @@ class PrepOptions:
     workers: int | None = None
     ray_address: str | None = None
     rows_per_partition: int | None = None
+    carry_state: bool = False
+
+    @property
+    def chunk_overlap(self) -> int:
+        """The overlap the stream chunks are cut with: 0 with ``carry_state``, else ``stream_overlap``."""
+        return 0 if self.carry_state else self.stream_overlap
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "activity_buckets", tuple(self.activity_buckets or ()))
@@ -74,6 +83,8 @@ class PrepOptions:
         for key in ("val_frac", "test_frac"):
             check_number(f"data.prep.{key}", getattr(self, key), integer=False, allow_zero=True)
         check_number("data.prep.new_user_train_fraction", self.new_user_train_fraction, integer=False)
+        if not isinstance(self.carry_state, bool):
+            raise SchemaError(f"data.prep.carry_state={self.carry_state}: must be true or false")
         if self.new_user_train_fraction > 1:
             raise SchemaError(f"data.prep.new_user_train_fraction={self.new_user_train_fraction}: must be in (0, 1]")
         if self.stream_overlap >= self.stream_len:
@@ -114,5 +125,7 @@ class PrepOptions:
 
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples): what the manifest, the fitted state and the config hash store (the
-        options that shape the arrays; not :data:`RUN_KEYS`, how the prep runs)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in RUN_KEYS}
+        options that shape the arrays; not :data:`RUN_KEYS`, how the prep runs). ``carry_state`` only when
+        on, so the datasets prepared before it existed keep their hash."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k not in RUN_KEYS and (k != "carry_state" or v)}

@@ -286,7 +286,7 @@ def prepare_partitioned(raw, spec: EventSpec, out_dir: str | Path, options: Prep
 
         t3 = time.perf_counter()
         o = fitted.options
-        n_chunks = 1 + np.ceil(np.maximum(counts - o.stream_len, 0) / (o.stream_len - o.stream_overlap)).astype(np.int64)
+        n_chunks = 1 + np.ceil(np.maximum(counts - o.stream_len, 0) / (o.stream_len - o.chunk_overlap)).astype(np.int64)
         maps = {name: _open(tmp, name, (int(n_chunks.sum()), o.stream_len), dtype)
                 for name, dtype in (("stream_rows", np.int64), ("stream_scored", np.bool_))}
         block, at = 200_000, 0

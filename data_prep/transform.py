@@ -164,5 +164,5 @@ def user_layout(users: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
 
 def stream_arrays(user_offsets: np.ndarray, fitted: FittedState) -> dict[str, np.ndarray]:
     """The per-stream arrays ``stream_rows``, ``stream_scored`` ``(S, stream_len)`` of users at ``user_offsets``."""
-    rows, scored = stream_chunks(user_offsets, fitted.options.stream_len, fitted.options.stream_overlap)
+    rows, scored = stream_chunks(user_offsets, fitted.options.stream_len, fitted.options.chunk_overlap)
     return {"stream_rows": rows, "stream_scored": scored}

@@ -153,6 +153,10 @@ def check_data(data: Mapping) -> None:
             _positive(f"data.{key}", data[key])
     if data.get("num_workers") is not None:
         _positive("data.num_workers", data["num_workers"], allow_zero=True)
+    windows = data.get("windows") or WINDOWS[0]
+    if (data.get("prep") or {}).get("carry_state") and windows != "chunks":
+        raise ConfigError(f"data.prep.carry_state=true with data.windows={windows}: carried states continue a "
+                          "user's chunks from one batch to the next; use data.windows=chunks")
 
 
 def check_weighting(weighting: Mapping, model: Mapping) -> None:

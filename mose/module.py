@@ -16,6 +16,7 @@ from torch import nn
 
 from data_prep.vocab import OOV, PAD
 from mose.metrics import GateUsage, MultiTaskMetrics, undefined_auc_tasks
+from mose.nn.carry import carry_states
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.nn.task_chain import TaskChain
@@ -114,9 +115,15 @@ class MultiTaskModule(pl.LightningModule):
             out[key] = torch.where(drop, torch.full_like(ids, OOV), ids)
         return out
 
+    def outputs(self, batch: dict[str, torch.Tensor]) -> dict:
+        """``self.model(batch)``; a batch of carried-state lanes (``reset``, ``data.prep.carry_state``)
+        continues every LSTM from its lanes' previous chunk (``mose.nn.carry``)."""
+        carry_states(self.model, batch.get("reset"))
+        return self.model(batch)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """The model's outputs; a competitive mixture's task logits are its mixture prediction."""
-        out = self.model(batch)
+        out = self.outputs(batch)
         if "expert_logits" in out.get("aux", {}):
             mixed = stacked_logits(out, self.tasks, self.binary)  # (..., T)
             out = {**out, **{t: mixed[..., i] for i, t in enumerate(self.tasks)}}
@@ -134,7 +141,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> torch.Tensor:
         """Predictions ``(M, T)`` of the batch's M scored events (per-stream: the ``mask``-ed steps)."""
-        logits = stacked_logits(self.model(batch), self.tasks, self.binary).float()  # (B, [S,] T)
+        logits = stacked_logits(self.outputs(batch), self.tasks, self.binary).float()  # (B, [S,] T)
         if "mask" in batch:
             logits = logits[batch["mask"]]
         return self.predictions(logits)
@@ -144,7 +151,7 @@ class MultiTaskModule(pl.LightningModule):
 
         A per-stream batch ``(B, S, ...)`` carries ``mask (B, S)``: only its scored steps count.
         """
-        out = self.model(batch)
+        out = self.outputs(batch)
         logits = torch.stack([out[t] for t in self.tasks], dim=-1).float()
         rows = {k: batch[k] for k in ("labels", "user_key", "cohorts") if k in batch}  # train: labels only
         if "mask" in batch:
@@ -205,6 +212,8 @@ class MultiTaskModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses, logits, rows, aux = self._step(self.drop_ids(batch))
+        if not len(logits):  # carried-state lanes of context only (nothing scored): the states moved on
+            return None
         if self.chain.any and self.current_epoch == 0:
             labels = rows["labels"]
             self._orphans += ((labels > 0) & (self.chain.joint_labels(labels) == 0)).sum(0)
@@ -235,6 +244,8 @@ class MultiTaskModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         losses, logits, rows, aux = self._step(batch)
+        if not len(logits):  # carried-state lanes of context only (earlier splits' chunks): nothing to score
+            return
         self.log(f"{split}/loss", (self.weights * losses).sum(), batch_size=len(logits), sync_dist=True)
         self.metrics[split].update(self.predictions(logits), self.transformed(rows["labels"]),
                                    rows["user_key"], rows["cohorts"])

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
@@ -15,6 +16,7 @@ from data_prep.dataset import read_manifest
 from data_prep.sequences import LAYOUTS, WINDOWS
 from data_prep.split import SPLITS
 from mose.data.datasets import EventSplit, StreamSplit, identity
+from mose.data.lanes import LaneBatchSampler
 
 
 class EventDataModule(pl.LightningDataModule):
@@ -23,7 +25,9 @@ class EventDataModule(pl.LightningDataModule):
     ``data`` is the plain data config (``dir``, ``source``, ``prep``, ``tasks`` ...);
     ``prepare_data`` (rank 0 only) builds the dataset if it is missing or stale.
     ``layout`` is one of ``LAYOUTS``: ``per_event`` (one event and its history per example) or
-    ``per_stream`` (windows of a user's stream, ``windows`` one of ``WINDOWS``).
+    ``per_stream`` (windows of a user's stream, ``windows`` one of ``WINDOWS``). A dataset prepared
+    with ``data.prep.carry_state`` serves its chunks in batch lanes (:mod:`mose.data.lanes`): at most
+    ``batch_size`` (train) / ``eval_batch_size`` lanes, one user's chunks after another in each.
     These defaults are the data config's: :func:`loader_settings` reads them from here.
     """
 
@@ -47,14 +51,25 @@ class EventDataModule(pl.LightningDataModule):
     def manifest(self) -> dict:
         return read_manifest(self.root)
 
+    @property
+    def carry_state(self) -> bool:
+        """Whether the dataset was prepared for carried LSTM states (``data.prep.carry_state``)."""
+        return self.layout == "per_stream" and bool(self.manifest.get("carry_state", False))
+
     def setup(self, stage: str | None = None) -> None:
+        carry = self.carry_state
         for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = (EventSplit(self.root, split) if self.layout == "per_event"
-                                      else StreamSplit(self.root, split, self.windows))
+                                      else StreamSplit(self.root, split, self.windows, carry_state=carry))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
+        if getattr(dataset, "carry_state", False):
+            lanes = max(1, min(self.batch_size if shuffle else self.eval_batch_size, int(dataset.first.sum())))
+            sampler = LaneBatchSampler(dataset.first, lanes, shuffle=shuffle, seed=torch.initial_seed() % 2**32)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=identity, num_workers=self.num_workers,
+                              pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
         return DataLoader(
             dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
             sampler=None if shuffle else eval_sampler(dataset), collate_fn=identity, num_workers=self.num_workers,

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from mose.nn.carry import CarriedState
+
 
 def _block_mask(groups: int, rows_per_group: int, cols_per_group: int, gates: int = 4) -> torch.Tensor:
     """``(gates*G*rows, G*cols)`` 0/1 mask; rows are laid out gate-major as in ``nn.LSTM`` (i, f, g, o)."""
@@ -22,7 +24,7 @@ def _block_mask(groups: int, rows_per_group: int, cols_per_group: int, gates: in
     return block.repeat(gates, 1)
 
 
-class GroupedLSTM(nn.Module):
+class GroupedLSTM(CarriedState, nn.Module):
     """``G`` LSTMs over the same steps: ``(B, S, in_dim) | (B, S, G, in_dim) -> (B, S, G, hidden)``.
 
     With a shared input ``(B, S, in_dim)`` every group reads all of it (experts over one stream);
@@ -57,23 +59,30 @@ class GroupedLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.shared_input:
             x = x.flatten(-2)  # (B, S, G * in_dim)
-        b = x.shape[0]
-        h0 = x.new_zeros(self.num_layers, b, self.groups * self.hidden)
-        out, _, _ = torch._VF.lstm(x, (h0, h0), self.flat_weights(), True, self.num_layers,
+        h0, c0 = self.initial(self.num_layers, x.shape[0], self.groups * self.hidden, x)  # carried or zeros
+        out, h, c = torch._VF.lstm(x, (h0, c0), self.flat_weights(), True, self.num_layers,
                                    self.dropout, self.training, False, True)
+        self.keep(h, c)
         return out.unflatten(-1, (self.groups, self.hidden))
 
 
-class LSTMList(nn.Module):
+class LSTMList(CarriedState, nn.Module):
     """``G`` separate ``nn.LSTM``: same contract as :class:`GroupedLSTM`, ``G`` kernel calls."""
 
     def __init__(self, groups: int, in_dim: int, hidden: int, num_layers: int = 1, dropout: float = 0.0,
                  shared_input: bool = True) -> None:
         super().__init__()
-        self.shared_input = shared_input
+        self.shared_input, self.hidden, self.num_layers = shared_input, hidden, num_layers
         self.lstms = nn.ModuleList(nn.LSTM(in_dim, hidden, num_layers, batch_first=True,
                                            dropout=dropout if num_layers > 1 else 0.0) for _ in range(groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = [x] * len(self.lstms) if self.shared_input else x.unbind(-2)
-        return torch.stack([lstm(xg)[0] for lstm, xg in zip(self.lstms, inputs)], dim=-2)
+        h0, c0 = self.initial(self.num_layers, x.shape[0], len(self.lstms) * self.hidden, x)  # (L, B, G*H)
+        outs, hs, cs = [], [], []
+        for g, (lstm, xg) in enumerate(zip(self.lstms, inputs)):
+            part = slice(g * self.hidden, (g + 1) * self.hidden)
+            out, (h, c) = lstm(xg, (h0[..., part].contiguous(), c0[..., part].contiguous()))
+            outs.append(out), hs.append(h), cs.append(c)
+        self.keep(torch.cat(hs, -1), torch.cat(cs, -1))
+        return torch.stack(outs, dim=-2)
