@@ -87,7 +87,7 @@ class PrepOptions:
             raise SchemaError(f"data.prep.carry_state={self.carry_state}: must be true or false")
         if self.new_user_train_fraction > 1:
             raise SchemaError(f"data.prep.new_user_train_fraction={self.new_user_train_fraction}: must be in (0, 1]")
-        if self.stream_overlap >= self.stream_len:
+        if self.stream_overlap >= self.stream_len and not self.carry_state:  # carried states: no overlap
             raise SchemaError(f"data.prep.stream_overlap={self.stream_overlap}: must be less than "
                               f"data.prep.stream_len={self.stream_len}")
         if self.val_frac + self.test_frac >= 1:

@@ -95,6 +95,7 @@ class MultiTaskModule(pl.LightningModule):
                           else Fixed(self.tasks, binary))
         self.metrics = nn.ModuleDict({s: MultiTaskMetrics(kinds, cohorts or {}) for s in ("val", "test")})
         self.gate_usage = nn.ModuleDict()  # per split, created at the first batch of a gated model
+        self.scored_splits: set[str] = set()  # the eval splits with a scored step this epoch
         self.results: dict[str, dict[str, float]] = {}
         self.per_user: dict[str, dict] = {}  # split -> MultiTaskMetrics.per_user of its last evaluation
         self._undefined_auc: set[tuple[str, str]] = set()  # (split, task) already reported
@@ -246,6 +247,7 @@ class MultiTaskModule(pl.LightningModule):
         losses, logits, rows, aux = self._step(batch)
         if not len(logits):  # carried-state lanes of context only (earlier splits' chunks): nothing to score
             return
+        self.scored_splits.add(split)
         self.log(f"{split}/loss", (self.weights * losses).sum(), batch_size=len(logits), sync_dist=True)
         self.metrics[split].update(self.predictions(logits), self.transformed(rows["labels"]),
                                    rows["user_key"], rows["cohorts"])
@@ -257,6 +259,9 @@ class MultiTaskModule(pl.LightningModule):
             self.gate_usage[split].update(gates, rows["cohorts"])
 
     def _eval_epoch_end(self, split: str) -> None:
+        if split not in self.scored_splits:  # e.g. the sanity check's first carried-state batches: all context
+            return
+        self.scored_splits.discard(split)
         values = self.metrics[split].compute()
         self.per_user[split] = self.metrics[split].per_user  # per-user AUCs for mose-report --ci
         self.metrics[split].reset()
