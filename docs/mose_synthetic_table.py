@@ -9,7 +9,8 @@ Otherwise, per ``data.source.task_correlation``: test MSE per task, mean ± std 
 model, the train-mean baseline (``model=popularity``) and the ceiling (the generator's noise-free
 next-step value on the same test events, ``data_prep.sources.mose_synthetic.ceiling_mse``); then
 MoSE minus the best other model per task (the lowest mean MSE, popularity excluded), paired by seed,
-with a 95% t-interval over seeds; and MoSE's mean gate weight per task and expert (test split).
+with a 95% t-interval over seeds; and MoSE's mean gate weight per task and expert (test split), overall
+and per user's dominant mode (the ``dominant_mode`` cohort).
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ def tables(root: str) -> str:
                 out.append(f"| {t} | " + " | ".join(
                     f"{np.mean([v.get(f'gates/{t}/{e}', math.nan) for v in per[MOSE].values()]):.3f}"
                     for e in experts) + " |")
+            modes = sorted({int(k.split("=")[1].split("/")[0]) for v in per[MOSE].values() for k in v
+                            if k.startswith("gates/cohort/dominant_mode=")})
+            if modes:
+                out += ["", "MoSE's gate weights per user's dominant mode (e0/e1/... per task, test split, mean "
+                        "over seeds):", "", "| dominant mode | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+                for mode in modes:
+                    cells = ["/".join(f"{np.mean([v.get(f'gates/cohort/dominant_mode={mode}/{t}/{e}', math.nan) for v in per[MOSE].values()]):.2f}"
+                                      for e in experts) for t in tasks]
+                    out.append(f"| {mode} | " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out)
 

@@ -19,10 +19,12 @@ def per_user(df: pl.DataFrame, column: str, n_users: int) -> np.ndarray:
 def test_schema_shape_and_determinism():
     df = generate(**SMALL)
     assert df.columns == ["user_id", "item_id", "ts", *(f"f{j}" for j in range(10)), "y0", "y1", "prev_y0",
-                          "prev_y1"]
+                          "prev_y1", "dominant_mode"]
     assert df.height == 300 * 120 and df["ts"].is_sorted() and (df["item_id"] == 0).all()
     gaps = df.sort("user_id", "ts").group_by("user_id").agg(pl.col("ts").diff().min())["ts"]
     assert (gaps > 0).all()
+    modes = df.group_by("user_id").agg(pl.col("dominant_mode").n_unique())["dominant_mode"]
+    assert (modes == 1).all() and df["dominant_mode"].n_unique() > 5  # one per user, of the 10 modes
     assert df.equals(generate(**SMALL)) and not df.equals(generate(**{**SMALL, "seed": 4}))
     # features: unit-variance signal plus unit noise
     np.testing.assert_allclose(df.select(pl.col("^f\\d$").var()).to_numpy(), 2.0, rtol=0.15)

@@ -105,7 +105,8 @@ def generate(
     """``n_users * n_steps`` canonical events sorted by ``ts``, deterministic for a ``seed`` (formulas above).
 
     Columns: user_id, item_id (always 0), ts (Int64 ms), f0..f{D-1}, y0..y{K-1} (next-step targets),
-    prev_y0..prev_y{K-1} (the previous event's targets), Float64. ``return_state`` adds the noise-free
+    prev_y0..prev_y{K-1} (the previous event's targets), Float64, and dominant_mode (Int64: the user's
+    largest mode weight, ``argmax_m pi_um``; a cohort column, so gate usage is reported per mode). ``return_state`` adds the noise-free
     targets ``ceiling_y{k}``. The modes, loadings, projections and user draws depend on ``seed`` only
     (not on ``task_correlation``), so runs at different correlations share users and modes.
     """
@@ -140,11 +141,12 @@ def generate(
     cols |= {f"f{j}": features[..., j].ravel() for j in range(n_features)}
     cols |= {f"y{i}": y[i].ravel() for i in range(k)}
     cols |= {f"prev_y{i}": prev[i].ravel() for i in range(k)}
+    cols["dominant_mode"] = np.repeat(weights.argmax(1), n)  # a cohort: gate usage and MSE per user's main mode
     if return_state:
         cols |= {f"ceiling_y{i}": ceiling[i].ravel() for i in range(k)}
     order = np.lexsort((cols["user_id"], cols["ts"]))
     df = pl.DataFrame({c: v[order] for c, v in cols.items()})
-    return df.with_columns(pl.col("user_id", "item_id", "ts").cast(pl.Int64))
+    return df.with_columns(pl.col("user_id", "item_id", "ts", "dominant_mode").cast(pl.Int64))
 
 
 def ceiling_mse(source: dict, test_start: int, tasks: list[str] | None = None) -> dict[str, float]:
