@@ -72,3 +72,28 @@ def test_ceiling_mse_is_the_label_noise_on_the_test_steps():
 def test_bad_knobs_name_the_key(bad, key):
     with pytest.raises(ConfigError, match=f"data.source.*{key}"):
         generate(**{**SMALL, **bad})
+
+
+@pytest.mark.parametrize("experiment", ["mose_paper_synthetic", "mose_paper_synthetic_sizes"])
+def test_the_experiments_compose_and_pass_the_checks_for_every_model(experiment, tmp_path):
+    """Every model the sweep runs composes, passes check_config and gets its size (chosen_size, or the grid's)."""
+    from conftest import compose_with_output
+    from omegaconf import OmegaConf
+
+    from data_prep.paths import CONF_DIR
+    from mose.config_checks import check_config, monitor_without_binary_tasks
+
+    conf = OmegaConf.load(f"{CONF_DIR}/experiment/{experiment}.yaml")
+    models = str(conf.hydra.sweeper.params.model).split(",")
+    chosen = OmegaConf.load(f"{CONF_DIR}/experiment/mose_paper_synthetic.yaml").chosen_size
+    assert len([m for m in models if m != "popularity"]) == 8
+    for model in models:
+        cfg = compose_with_output("train", [f"experiment={experiment}", f"model={model}"], tmp_path)
+        monitor_without_binary_tasks(cfg)  # as mose-train does: regression only monitors val/loss
+        check_config(cfg)
+        size = OmegaConf.to_container(cfg, resolve=True)["size"]
+        if experiment == "mose_paper_synthetic":
+            assert size == (None if model == "popularity" else OmegaConf.to_container(chosen[model])), model
+        if model != "popularity":
+            resolved = OmegaConf.to_container(cfg.model, resolve=True)
+            assert (resolved.get("hidden") or resolved.get("bottom_hidden")) == size["units"], model
