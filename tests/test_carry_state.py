@@ -32,10 +32,10 @@ def carried(tmp_path_factory):
 
 
 def test_lane_batches_by_hand():
-    # users A (chunks 0-2), B (3), C (4-5) dealt round-robin: 2 lanes A, C | B; 4 lanes A | B | C | -
+    # users A (chunks 0-2), B (3), C (4-5) dealt round-robin longest first (A, C, B): 2 lanes A, B | C
     first = np.array([1, 0, 0, 1, 1, 0], dtype=bool)
-    np.testing.assert_array_equal(lane_batches(first, 2), [[0, 3], [1, -1], [2, -1], [4, -1], [5, -1]])
-    np.testing.assert_array_equal(lane_batches(first, 4), [[0, 3, 4, -1], [1, -1, 5, -1], [2, -1, -1, -1]])
+    np.testing.assert_array_equal(lane_batches(first, 2), [[0, 4], [1, 5], [2, -1], [3, -1]])
+    np.testing.assert_array_equal(lane_batches(first, 4), [[0, 4, 3, -1], [1, 5, -1, -1], [2, -1, -1, -1]])
 
 
 def test_lanes_serve_each_users_chunks_in_order_and_shuffle_between_epochs():
@@ -46,6 +46,7 @@ def test_lanes_serve_each_users_chunks_in_order_and_shuffle_between_epochs():
     user = np.cumsum(first) - 1
     sampler = LaneBatchSampler(first, lanes=6, shuffle=True, seed=0)
     epochs = [np.array(list(sampler)) for _ in range(2)]
+    assert len(epochs[0]) == len(epochs[1]) == len(sampler)  # Lightning counts an epoch's batches once
     for index in epochs:
         served = index[index >= 0]
         np.testing.assert_array_equal(np.sort(served), np.arange(len(first)))  # every chunk once

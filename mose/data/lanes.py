@@ -1,7 +1,7 @@
 """Batch lanes for carried LSTM states: each user's chunks in time order, one chunk per lane per batch.
 
-``data.prep.carry_state=true``: the users are dealt round-robin to ``lanes`` fixed batch lanes (in
-a new random order each epoch when shuffling), and
+``data.prep.carry_state=true``: the users are dealt round-robin to ``lanes`` fixed batch lanes,
+longest first (users of equal length in a new random order each epoch when shuffling), and
 batch ``i`` holds the ``i``-th chunk of every lane. A lane serves its users one after another,
 each user's chunks in time order, so the LSTM state a lane carries out of a chunk is the one its
 next chunk continues (``mose.nn.carry``); where a lane moves on to its next user (or has run out:
@@ -22,13 +22,17 @@ from torch.utils.data import Sampler
 def lane_batches(first: np.ndarray, lanes: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """``(n_batches, lanes)`` chunk positions (-1: an empty slot) for chunks sorted by (user, time).
 
-    ``first (C,)`` marks each user's first chunk. Users (in a random order when ``rng`` is given) are
-    dealt round-robin to the lanes, user ``i`` to lane ``i % lanes``; a lane serves its users one
-    after another, so every user's chunks are consecutive slots of one lane, in time order.
+    ``first (C,)`` marks each user's first chunk. Users, longest first (ties in a random order when
+    ``rng`` is given, else in user order), are dealt round-robin to the lanes, the i-th to lane
+    ``i % lanes``; a lane serves its users one after another, so every user's chunks are
+    consecutive slots of one lane, in time order. Dealing longest first balances the lanes, and
+    makes every lane's length, so the number of batches, the same whatever the shuffle (Lightning
+    counts an epoch's batches once, and validates when that count is reached).
     """
     starts = np.flatnonzero(first)
     counts = np.diff(np.append(starts, len(first)))
-    order = rng.permutation(len(starts)) if rng is not None else np.arange(len(starts))
+    ties = rng.random(len(starts)) if rng is not None else np.arange(len(starts))
+    order = np.lexsort((ties, -counts))
     sizes = np.zeros(-(-len(order) // lanes) * lanes, dtype=np.int64)
     sizes[: len(order)] = counts[order]
     table = sizes.reshape(-1, lanes)                      # (rounds, lanes): round r deals users r*lanes ...
@@ -58,4 +62,4 @@ class LaneBatchSampler(Sampler):
         return iter(index.tolist())
 
     def __len__(self) -> int:
-        return len(lane_batches(self.first, self.lanes))  # the same count up to the dealing's balance
+        return len(lane_batches(self.first, self.lanes))  # the same for every shuffle
