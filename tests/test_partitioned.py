@@ -219,3 +219,16 @@ def test_mose_prep_engine_option(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_manifest(tmp_path / "processes")["partitions"] == 3 and "partitions" not in read_manifest(tmp_path / "memory")
     assert_same_dataset(tmp_path / "memory", tmp_path / "processes")
+
+
+def test_partitioned_equals_in_memory_with_carried_states(tmp_path):
+    """data.prep.carry_state: both paths cut the chunks without overlap, the same way."""
+    events = make_events(seed=5)
+    spec = EventSpec.from_config(TASKS, CATEGORICAL, NUMERIC, COHORTS)
+    prep = PrepOptions(history_len=5, stream_len=8, stream_overlap=2, carry_state=True)
+    files = write_parts(events, tmp_path / "raw", 2)
+    reference = prepare(pl.read_parquet(files), spec, tmp_path / "memory", prep)
+    assert_same_dataset(reference, prepare_partitioned(files, spec, tmp_path / "parts", prep, n_partitions=3,
+                                                       slice_rows=1_000))
+    rows = np.load(reference / "stream_rows.npy")
+    assert read_manifest(reference)["stream_overlap"] == 0 and (rows[1:, 0] > rows[:-1, -1])[rows[:-1, -1] >= 0].all()
