@@ -98,8 +98,8 @@ def tables(root: str) -> str:
                 seeds = sorted(set(per[MOSE]) & set(per[best]))
                 out.append(f"| {t} | {best} | " + paired_gap([per[MOSE][s][f"{t}/mse"] for s in seeds],
                                                              [per[best][s][f"{t}/mse"] for s in seeds]) + " |")
-            experts = sorted({k.split("/")[2] for v in per[MOSE].values() for k in v if k.startswith("gates/y")
-                              and k.count("/") == 2})
+            experts = sorted({k.split("/")[2] for v in per[MOSE].values() for k in v
+                              if re.fullmatch(r"gates/y\d+/e\d+", k)}, key=lambda e: int(e[1:]))
             out += ["", "MoSE's mean gate weight per task and expert (test split, mean over seeds):", "",
                     "| task | " + " | ".join(experts) + " |", "|---|" + "---|" * len(experts)]
             for t in tasks:
