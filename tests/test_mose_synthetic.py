@@ -97,3 +97,18 @@ def test_the_experiments_compose_and_pass_the_checks_for_every_model(experiment,
         if model != "popularity":
             resolved = OmegaConf.to_container(cfg.model, resolve=True)
             assert (resolved.get("hidden") or resolved.get("bottom_hidden")) == size["units"], model
+
+
+def test_the_tables_paired_gap_is_a_t_interval_over_seeds():
+    """docs/mose_synthetic_table.py: MoSE minus the best other model, paired by seed (by hand: d = .5, .5, 1)."""
+    import importlib.util
+
+    from data_prep.paths import CONF_DIR
+
+    path = f"{CONF_DIR}/../docs/mose_synthetic_table.py"
+    spec = importlib.util.spec_from_file_location("mose_synthetic_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    half = 4.302653 * np.std([0.5, 0.5, 1.0], ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert table.paired_gap([1.0, 2.0, 3.0], [0.5, 1.5, 2.0]) == \
+        f"+0.6667 [{2 / 3 - half:+.4f}, {2 / 3 + half:+.4f}] (+50.0%)"
