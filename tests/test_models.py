@@ -180,6 +180,28 @@ def test_pooled_history_is_the_mean_of_the_history_tokens():
     assert torch.equal(embed.item.weight.grad[0], torch.zeros(4))  # padding row: no gradient
 
 
+def test_history_by_label_tells_which_items_carry_a_label():
+    """The plain pool adds the labels' mean to the items' mean: moving a like from one history item to another
+    leaves it unchanged. ``history_by_label`` pools the items per label (hand computation) and sees the move."""
+    torch.manual_seed(0)
+    plain, by_label = FeatureEmbedding(SPEC, dim=4), FeatureEmbedding(SPEC, dim=4, history_by_label=True)
+    by_label.load_state_dict(plain.state_dict())
+    assert by_label.out_dim == plain.out_dim + 2 * SPEC.n_history_labels * 4
+    batch = make_batch()
+    batch["hist_item"][3] = torch.tensor([1, 2, 3, 4])
+    batch["hist_label"][3] = torch.tensor([[1, 1], [0, 0], [1, 0], [0, 0]], dtype=torch.int8)
+    moved = {**batch, "hist_label": batch["hist_label"].clone()}
+    moved["hist_label"][3] = torch.tensor([[0, 0], [1, 1], [1, 0], [0, 0]], dtype=torch.int8)
+    assert torch.allclose(plain(moved), plain(batch))
+    assert not torch.allclose(by_label(moved)[3], by_label(batch)[3])
+    items = by_label.item.weight
+    expected = torch.stack([(items[1] + items[3]) / 2, items[1]])  # label 0: items 1 and 3; label 1: item 1
+    assert torch.allclose(by_label.history_by_label(batch, torch.float32)[3], expected)
+    assert torch.equal(by_label.history_by_label(batch, torch.float32)[0], torch.zeros(2, 4))  # empty history
+    mmoe = MMoE(SPEC, TASKS, embed_dim=4, n_experts=3, expert=[8], tower=[4], history_by_label=True)
+    assert mmoe(batch)["like"].shape == (B,)
+
+
 def test_id_embeddings_start_small_with_a_zero_padding_row():
     torch.manual_seed(0)
     embed = FeatureEmbedding(InputSpec(n_users=5000, n_items=5000, cat_vocab=(), n_numeric=0, history_len=4,

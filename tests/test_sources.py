@@ -97,6 +97,21 @@ def test_synthetic_click_is_learnable(syn: pl.DataFrame):
     assert 0.75 <= bayes <= 0.88
 
 
+def test_synthetic_latents_are_the_items_and_drive_the_scores():
+    """``return_scores`` adds each event's item latent vector: one vector per item, absent without the flag, and
+    the same data otherwise; within the regular users the like score depends on it (the user's taste times v)."""
+    args = dict(n_events=20_000, n_users=300, n_items=200, latent_dim=4)
+    df = synthetic.generate(**args, return_scores=True)
+    latent = [f"latent_{j}" for j in range(4)]
+    assert set(latent) <= set(df.columns)
+    assert df.group_by("item_id").agg(pl.col(latent).n_unique()).select(pl.col(latent).max()).row(0) == (1,) * 4
+    plain = synthetic.generate(**args)
+    assert not any(c.startswith("latent_") for c in plain.columns)
+    assert df.select(plain.columns).equals(plain)
+    item_part = df["score_like"] - df.select(pl.col("score_like").mean().over("item_id"))["score_like"]
+    assert item_part.std() > 0.5  # the taste part: not an item-only logit
+
+
 def test_synthetic_task_correlation_has_an_effect():
     def corr(rho: float) -> tuple[float, float]:
         df = synthetic.generate(n_events=30_000, n_users=600, n_items=300, task_correlation=rho,

@@ -77,7 +77,9 @@ def generate(
     (Int8 0/1); watch_time (Float64 s); convert (Int8 0/1, 0 wherever click is 0); user_group (String
     "new" / "regular"); days_since_signup (Int64). With ``return_scores`` also the noise-free
     ``score_click`` / ``score_like`` logits, ``score_watch_time`` (mean of log watch time) and
-    ``score_convert`` (log-odds of the joint ``P(click, convert)``), Float64.
+    ``score_convert`` (log-odds of the joint ``P(click, convert)``), Float64, and the item's latent vector
+    ``latent_0 .. latent_{d-1}`` (Float64; docs/poso_ceiling.py fits each user's taste on it from the
+    user's history alone).
     """
     if min(n_events, n_users, n_items, days) < 1:
         raise ValueError(f"n_events, n_users, n_items and days must be >= 1, got "
@@ -165,7 +167,9 @@ def generate(
         log_joint = -np.logaddexp(0.0, -click_logit) - np.logaddexp(0.0, -cvr_logit)  # log P(click, convert)
         cols |= {"score_click": click_logit, "score_like": like_logit, "score_watch_time": log_watch,
                  "score_convert": log_joint - np.log(-np.expm1(log_joint))}
+        cols |= {f"latent_{j}": v[item, j] for j in range(d)}
     df = pl.DataFrame({k: c[order] for k, c in cols.items()})
     group = pl.when(pl.col("new")).then(pl.lit("new")).otherwise(pl.lit("regular")).alias("user_group")
     ints = ["user_id", "item_id", "ts", "position", "device"]
-    return df.select(pl.col(ints).cast(pl.Int64), *TASKS, group, "days_since_signup", pl.col("^score_.*$"))
+    return df.select(pl.col(ints).cast(pl.Int64), *TASKS, group, "days_since_signup", pl.col("^score_.*$"),
+                     pl.col("^latent_.*$"))

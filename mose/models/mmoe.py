@@ -25,10 +25,10 @@ class MMoE(nn.Module):
     def __init__(self, input_spec: InputSpec, tasks: list[str], embed_dim: int = 16, n_experts: int = 4,
                  expert: list[int] = (128, 64), tower: list[int] = (32,), dropout: float = 0.0,
                  top_k: int = 0, noisy: bool = True, w_importance: float = 0.01, w_load: float = 0.01,
-                 norm: str | None = None) -> None:
+                 norm: str | None = None, history_by_label: bool = False) -> None:
         super().__init__()
         self.tasks = list(tasks)
-        self.embed = FeatureEmbedding(input_spec, embed_dim)
+        self.embed = FeatureEmbedding(input_spec, embed_dim, history_by_label=history_by_label)
         self.experts = GroupedMLP(n_experts, self.embed.out_dim, list(expert), dropout, norm=norm)
         if top_k:
             self.gates = NoisyTopKGates(self.embed.out_dim, len(self.tasks), n_experts, top_k, noisy,

@@ -41,7 +41,7 @@ class PosoMMoE(nn.Module):
                  mha: bool = True, attn_dim: int = 32, attn_heads: int = 2, n_values: int = 4,
                  mlp_poso: bool = False, mha_poso: bool = False, mmoe_poso: bool = False,
                  gate_scale: float = 2.0, gate_hidden: int = 32, pc_dim: int = 8, norm: str | None = None,
-                 code: str = "pcode") -> None:
+                 code: str = "pcode", history_by_label: bool = False) -> None:
         super().__init__()
         if mha_poso and not mha:
             raise ValueError("model.mha_poso needs model.mha=true (attention fusion)")
@@ -50,7 +50,8 @@ class PosoMMoE(nn.Module):
         self.code = code
         self.tasks, self.mha = list(tasks), mha
         n_tasks = len(self.tasks)
-        self.embed = FeatureEmbedding(input_spec, embed_dim, history=True, pool_history=not mha)
+        self.embed = FeatureEmbedding(input_spec, embed_dim, history=True, pool_history=not mha,
+                                      history_by_label=history_by_label)
         in_dim = self.embed.out_dim
         self.pc = None
         code_dim = 0

@@ -61,6 +61,10 @@ class FeatureEmbedding(nn.Module):
     their labels (one item table embeds both the candidate and the history).
     ``pool_history=False`` keeps the history tokens (:meth:`history`) out of the output, for a
     model that fuses them itself (attention); the output is then the non-sequential part only.
+    ``history_by_label=True`` (with ``history``; also when ``pool_history=False``) adds, per history label ``l``, the mean embedding
+    of the history items with ``l = 1`` and its product with the candidate item: the plain mean pool
+    adds the labels' mean to the items' mean, which cannot tell *which* items the user clicked or
+    liked, so it carries no taste (docs/poso.md, "Is it the data?").
     ``previous_labels=True`` adds the labels of the user's previous event (stream steps).
     The elementwise products user x item (and history x item) are added as interaction
     features, as in NeuMF's generalized matrix factorization: an MLP learns dot products poorly.
@@ -69,7 +73,7 @@ class FeatureEmbedding(nn.Module):
     """
 
     def __init__(self, spec: InputSpec, dim: int = 16, history: bool = True, previous_labels: bool = False,
-                 pool_history: bool = True) -> None:
+                 pool_history: bool = True, history_by_label: bool = False) -> None:
         super().__init__()
         self.user = id_embedding(spec.n_users, dim)
         self.item = id_embedding(spec.n_items, dim, padding_idx=PAD)
@@ -79,7 +83,9 @@ class FeatureEmbedding(nn.Module):
         self.feedback = nn.Linear(n_labels, dim, bias=False) if n_labels and (history or previous_labels) else None
         self.pool = history and pool_history
         self.previous_labels = previous_labels
-        self.out_dim = dim * (4 + 2 * self.pool + previous_labels + len(spec.cat_vocab)) + spec.n_numeric
+        self.by_label = n_labels if history and history_by_label else 0
+        self.out_dim = (dim * (4 + 2 * self.pool + 2 * self.by_label + previous_labels + len(spec.cat_vocab))
+                        + spec.n_numeric)
 
     def history(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """History tokens ``(B, K, D)`` (``D = dim``) and their mask ``(B, K)``."""
@@ -105,12 +111,23 @@ class FeatureEmbedding(nn.Module):
             pooled = pooled + self.feedback((batch["hist_label"].to(dtype) * mask).sum(-2) / count)
         return pooled
 
+    def history_by_label(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Per history label, the mean embedding of the history items carrying it ``(B, L, D)`` (zeros where
+        none does)."""
+        hist = batch["hist_item"]
+        labels = batch["hist_label"].to(dtype) * (hist != PAD).unsqueeze(-1).to(dtype)  # (B, K, L)
+        items = self.item.weight.index_select(0, hist.reshape(-1)).view(*hist.shape, -1)  # (B, K, D)
+        return torch.einsum("...kl,...kd->...ld", labels, items) / labels.sum(-2).clamp_min(1.0).unsqueeze(-1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user, item = self.user(batch["user"]), self.item(batch["item"])
         parts = [user, item, user * item, self.prior(batch["prior_bucket"])]
         if self.pool:
             interest = self.pooled_history(batch, user.dtype)
             parts += [interest, interest * item]
+        if self.by_label:
+            liked = self.history_by_label(batch, user.dtype)  # (*, L, D)
+            parts += [liked.flatten(-2), (liked * item.unsqueeze(-2)).flatten(-2)]
         if self.previous_labels:
             prev = batch["prev_label"].to(parts[0].dtype)
             parts.append(self.feedback(prev) if self.feedback is not None else parts[0].new_zeros(parts[0].shape))
