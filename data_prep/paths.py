@@ -3,7 +3,7 @@ config resolvers: ``${mose.pid:}`` keeps run folders apart; ``${source_key:...}`
 prepared-data folder after its source; ``${resume_run_dir:...}`` is the run folder of
 ``mose-train resume=<run dir>`` (it continues there).
 
-    dir: ${paths.data_dir}/${data.name}-${source_key:${data.source},${data.prep}}   # conf/data/*.yaml
+    dir: ${paths.data_dir}/${data.name}-${source_key:${data.source},${data.prep},${data.split}}   # conf/data/*.yaml
 
 so two logs (or two prep settings) used in turn each keep their own cached dataset instead of
 re-preparing each other's folder; ``data.dir=...`` still names a folder by hand.

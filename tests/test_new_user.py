@@ -76,7 +76,8 @@ def test_task_shorthand_is_accepted_and_a_wrong_one_shows_the_right_form():
 
 
 def test_prepared_folder_is_keyed_by_the_source(tmp_path):
-    """Two logs used in turn each keep their folder (none re-prepares the other); data.dir still overrides."""
+    """Two logs (or two splits of one) used in turn each keep their folder (none re-prepares the other); how the prep
+    runs (the engine) does not change it; data.dir still overrides."""
     logs = []
     for seed in (0, 1):
         path = tmp_path / f"log{seed}.parquet"
@@ -87,6 +88,10 @@ def test_prepared_folder_is_keyed_by_the_source(tmp_path):
     assert a["dir"] != b["dir"] and Path(a["dir"]).name.startswith("events-")
     assert data_config([*base, f"data.source.path={logs[0]}"])["dir"] == a["dir"]
     assert data_config([*base, f"data.source.path={logs[0]}", "data.prep.history_len=3"])["dir"] != a["dir"]
+    by_user = data_config([*base, f"data.source.path={logs[0]}", "data.split.by=user"])["dir"]  # other arrays
+    assert by_user != a["dir"] and by_user != data_config([*base, f"data.source.path={logs[0]}", "data.split.by=user",
+                                                           "data.split.seed=1"])["dir"]
+    assert data_config([*base, f"data.source.path={logs[0]}", "data.prep.engine=processes"])["dir"] == a["dir"]
     assert data_config([*base, f"data.source.path={logs[0]}", f"data.dir={tmp_path / 'mine'}"])["dir"] == \
         str(tmp_path / "mine")
     stamps = {}
