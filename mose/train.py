@@ -9,7 +9,6 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -79,7 +78,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         fingerprint=manifest.get("fingerprint"),
         id_dropout=OmegaConf.to_container(cfg.id_dropout, resolve=True) if cfg.get("id_dropout") else None,
     )
-    logger = instantiate(cfg.logger, **tensorboard_overrides(cfg))  # multirun: <sweep>/tensorboard/<model>/seed<k>
+    overrides = tensorboard_overrides(cfg)  # multirun: <sweep>/tensorboard/<model>/seed<k>
+    logger = instantiate(cfg.logger, **overrides)
     callbacks = [instantiate(c) for c in callback_configs(OmegaConf.to_container(cfg.callbacks, resolve=True))]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out_dir))
     ckpt_path = find_resume_checkpoint(cfg.resume, out_dir)
@@ -101,9 +101,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
                              epochs=trainer.current_epoch, global_step=trainer.global_step)
         write_per_user(out_dir / PER_USER, module.per_user.get("test", {}))
         print(summary(test, list(data["tasks"])))
-        sweep = HydraConfig.get().mode == RunMode.MULTIRUN  # every run of the sweep under <sweep>/tensorboard
-        print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  "
-              f"(tensorboard --logdir {logger.save_dir if sweep else logger.log_dir})")
+        print(f"metrics: {path}\nTensorBoard logs: {logger.log_dir}  "  # a sweep's runs share <sweep>/tensorboard
+              f"(tensorboard --logdir {logger.save_dir if overrides else logger.log_dir})")
     return test, best_val
 
 
