@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_bench
 import peer_bench
 import prep_bench
 import train_bench
@@ -226,6 +227,7 @@ def render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minut
         "",
         *peer_bench.table(peer),
         "",
+        *gpu_bench.section_lines(),  # bench/results/gpu_bench.json (python bench/gpu_bench.py), if recorded
         *findings(prep, train, peer, mem_1e7),
     ]
     return "\n".join(lines) + "\n"
