@@ -116,6 +116,7 @@ def raw_loop(module, dm, steps: int, warmup: int, bf16: bool, seed: int = 0) -> 
     ds = dm.splits["train"]
     rng = np.random.default_rng(seed)
     opt = module.configure_optimizers()  # the optimizer mose-train uses (fused AdamW)
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt  # optim.warmup_steps: the scheduler is not run here
     module.train()
     bs = dm.batch_size
     batches = [ds.__getitems__(rng.choice(len(ds), min(bs, len(ds)), replace=False).tolist())
@@ -169,6 +170,7 @@ def expert_layer(batch: int, in_dim: int, groups: int = 4, hidden: tuple = (128,
 def step_breakdown(module, batch, repeats: int = 20) -> dict:
     """Median ms of forward (+ loss), backward and optimizer step of one raw training step."""
     opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
     module.train()
     parts = {"forward": [], "backward": [], "optimizer": []}
     for i in range(repeats + 3):

@@ -35,6 +35,7 @@ from mose.models.poso import CODES
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 from mose.nn.task_chain import needs_dependency
+from mose.optim import SCALE_RULES
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,14 @@ def check_config(cfg: DictConfig | Mapping) -> None:
         _positive("optim.lr", optim["lr"], integer=False)
     if "weight_decay" in optim:
         _positive("optim.weight_decay", optim["weight_decay"], integer=False, allow_zero=True)
+    if optim.get("scale_lr", "none") not in SCALE_RULES:
+        raise ConfigError(f"optim.scale_lr={optim['scale_lr']}: must be one of {', '.join(SCALE_RULES)}")
+    if "ref_batch" in optim:
+        _positive("optim.ref_batch", optim["ref_batch"])
+    if "warmup_steps" in optim:
+        _positive("optim.warmup_steps", optim["warmup_steps"], allow_zero=True)
+    if "embed_lr_scale" in optim:
+        _positive("optim.embed_lr_scale", optim["embed_lr_scale"], integer=False)
     trainer = cfg.get("trainer") or {}  # not resolved: it may use ${hydra:...}
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):

@@ -20,6 +20,7 @@ from mose.nn.carry import carry_states
 from mose.nn.embeddings import InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.nn.task_chain import TaskChain
+from mose.optim import build_optimizer
 from mose.plots import gate_heatmap
 from mose.weighting import Fixed, shared_parameters
 
@@ -58,6 +59,8 @@ class MultiTaskModule(pl.LightningModule):
     vocabulary and task fingerprint (``manifest["fingerprint"]``, :mod:`data_prep.fingerprint`), checked by
     ``mose-eval``, ``mose-predict`` and ``resume=`` against the data they run on; ``id_dropout``
     ``{user: p, item: q}`` the share of ids replaced by OOV in training batches (:meth:`drop_ids`).
+    ``scale_lr`` / ``ref_batch`` / ``warmup_steps`` / ``embed_lr_scale``: the optimizer recipe of
+    :mod:`mose.optim` (lr scaled from ``ref_batch`` to ``batch_size``, default ``data["batch_size"]``).
     Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target; a
     model that returns ``aux["expert_logits"]`` (Jacobs et al.'s competitive mixture, see
     :mod:`mose.models.omoe`) trains with the mixture's negative log-likelihood instead. ``aux["loss"]``
@@ -72,7 +75,8 @@ class MultiTaskModule(pl.LightningModule):
     def __init__(self, model: dict[str, Any], input_spec: dict, tasks: dict, task_stats: dict | None = None,
                  cohorts: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
                  data: dict | None = None, weighting: dict | None = None, fingerprint: dict | None = None,
-                 id_dropout: dict | None = None) -> None:
+                 id_dropout: dict | None = None, scale_lr: str = "none", ref_batch: int = 512,
+                 warmup_steps: int = 0, embed_lr_scale: float = 1.0, batch_size: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tasks = list(tasks)
@@ -336,8 +340,10 @@ class MultiTaskModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # fused: one kernel over all parameters (CPU and GPU) instead of a per-tensor loop; ~5x faster
-        # AdamW step on CPU, ~8% of an MMoE training step (docs/performance.md)
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                 fused=True)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """Fused AdamW with the recipe of :mod:`mose.optim` (defaults: ``lr`` as given, no warm-up)."""
+        h = self.hparams
+        batch = h.get("batch_size") or (h.get("data") or {}).get("batch_size")
+        return build_optimizer(self, h.lr, h.weight_decay, batch=batch, scale_lr=h.get("scale_lr", "none"),
+                               ref_batch=h.get("ref_batch", 512), warmup_steps=h.get("warmup_steps", 0),
+                               embed_lr_scale=h.get("embed_lr_scale", 1.0))
