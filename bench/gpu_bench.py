@@ -24,7 +24,8 @@ without CUDA fp32 only) and batch (``--batches``, default 4096 8192 16384 32768 
 
 MoSE trains on the per-stream layout: a batch of B events is B / stream_len windows, and events
 count its scored steps. FlopCounterMode has no formula for the LSTM kernels, so MoSE has no FLOP
-share. A batch that does not fit in device memory is reported as OOM.
+share. A batch that does not fit in device memory is reported as OOM; measurements that would start after
+``--budget`` seconds (default 270, so the whole command stays under 5 minutes) are skipped and marked so.
 
 Results go to ``bench/results/gpu_bench.json`` and the "GPU benchmark" section of
 ``docs/performance.md`` (``bench/run_all.py`` renders the same section from the JSON); ``--quick``
@@ -169,7 +170,7 @@ def train_and_infer(module, batches: list[dict], device: torch.device, precision
 
 
 def run(models: list[str], batches: list[int], precisions: list[str], device: torch.device, steps: int,
-        warmup: int, n_events: int, threads: int, peak_n: int) -> dict:
+        warmup: int, n_events: int, threads: int, peak_n: int, budget_s: float = float("inf")) -> dict:
     import logging
     import warnings
 
@@ -184,6 +185,7 @@ def run(models: list[str], batches: list[int], precisions: list[str], device: to
     peaks = {str(d).removeprefix("torch."): matmul_peak(device, d, peak_n) for d in peak_dtypes}
     rows, loads = [], []
     rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             if not (ROOT / f"conf/model/{name}.yaml").exists():
@@ -201,8 +203,12 @@ def run(models: list[str], batches: list[int], precisions: list[str], device: to
                     print(f"  loader {data.get('layout'):10s} batch {batch:6d}: {load['events_per_s']:>12,.0f} ev/s",
                           flush=True)
                 for precision in precisions:
-                    module = copy.deepcopy(base).to(device)  # fresh weights and optimizer per run
                     row = {"model": name, "layout": data.get("layout"), "precision": precision, "batch": batch}
+                    if time.perf_counter() - t0 > budget_s:  # keep the whole run under its budget
+                        rows.append({**row, "skipped": True})
+                        print(f"  {name:5s} {precision:10s} batch {batch:6d}: skipped (--budget {budget_s:.0f} s)")
+                        continue
+                    module = copy.deepcopy(base).to(device)  # fresh weights and optimizer per run
                     try:
                         dev = [to_device(ds.__getitems__(positions(len(ds), rows_n, rng)), device) for _ in range(2)]
                         if flops_at is None and data.get("layout") != "per_stream":
@@ -244,8 +250,9 @@ def lines(res: dict, command: str = "python bench/gpu_bench.py") -> list[str]:
            "| model | precision | batch | train events/s | inference events/s | GFLOP/step | TFLOP/s | % of matmul peak |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        if r.get("oom"):
-            out.append(f"| {r['model']} | {r['precision']} | {r['batch']} | OOM | OOM | - | - | - |")
+        if r.get("oom") or r.get("skipped"):
+            why = "OOM" if r.get("oom") else "skipped (time budget)"
+            out.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {why} | {why} | - | - | - |")
             continue
         fl = (f"{r['flops_per_step'] / 1e9:.2f} | {r['achieved_flops'] / 1e12:.3f} | {100 * r['peak_fraction']:.1f}%"
               if "peak_fraction" in r else "n/a (LSTM) | n/a | n/a")
@@ -257,7 +264,7 @@ def lines(res: dict, command: str = "python bench/gpu_bench.py") -> list[str]:
             "|---|---|---|---|---|"]
     for load in res["loader"]:
         same = [r for r in res["rows"] if r["batch"] == load["batch"] and r["layout"] == load["layout"]
-                and not r.get("oom")]
+                and "train_events_per_s" in r]
         if not same:
             continue
         best = max(same, key=lambda r: r["train_events_per_s"])
@@ -298,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --quick 1)")
     parser.add_argument("--n-events", type=int, default=None, help="synthetic events (default 1e6; --quick 20k)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--budget", type=float, default=270.0,
+                        help="seconds after which the remaining measurements are skipped (and marked so)")
     parser.add_argument("--quick", action="store_true", help="tiny, on CPU, fp32: checks the script end to end")
     parser.add_argument("--out", default=None, help="markdown file whose section is rewritten (default "
                                                     "docs/performance.md; --quick: none)")
@@ -314,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the default; stated here to be sure)
     start = time.perf_counter()
-    res = run(args.models, batches, args.precisions, device, steps, warmup, n_events, args.threads, peak_n)
+    res = run(args.models, batches, args.precisions, device, steps, warmup, n_events, args.threads, peak_n, args.budget)
     res["command"] = "python bench/gpu_bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                      if (argv if argv is not None else sys.argv[1:]) else "")
     res["seconds"] = time.perf_counter() - start

@@ -86,7 +86,10 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
     pl.seed_everything(seed, verbose=False)
     module = MultiTaskModule(model=model, input_spec=asdict(InputSpec.from_manifest(manifest)),
                              tasks=event_spec(data).to_dict()["tasks"], task_stats=manifest["task_stats"],
-                             cohorts=manifest["cohorts"], lr=optim["lr"], weight_decay=optim["weight_decay"])
+                             cohorts=manifest["cohorts"], lr=optim["lr"], weight_decay=optim["weight_decay"],
+                             scale_lr=optim.get("scale_lr", "none"), ref_batch=optim.get("ref_batch", 512),
+                             warmup_steps=optim.get("warmup_steps", 0),
+                             embed_lr_scale=optim.get("embed_lr_scale", 1.0), batch_size=data["batch_size"])
     dm = build_datamodule(data)
 
     class EpochClock(pl.Callback):

@@ -46,3 +46,19 @@ def test_write_section_replaces_only_its_own(tmp_path):
     assert doc.read_text() == "# P\n\n## GPU benchmark (new)\n\nnew table\n\n## Targets\n\nkept\n"
     gpu_bench.write_section(doc, ["## GPU benchmark (newer)", "", "t", ""])
     assert doc.read_text().count("## GPU benchmark") == 1
+
+
+def test_table_marks_oom_and_skipped_rows():
+    res = {"device": "X", "peaks": {"float32": 1e12}, "peak_n": 8, "steps": 1, "warmup": 1, "n_events": 10,
+           "environment": "env", "date": "d",
+           "rows": [{"model": "mmoe", "layout": "per_event", "precision": "32-true", "batch": 4096,
+                     "train_events_per_s": 1e6, "infer_events_per_s": 4e6, "train_step_s": 4096 / 1e6,
+                     "flops_per_step": 2e9, "achieved_flops": 2e9 / (4096 / 1e6), "peak_fraction": 0.4883},
+                    {"model": "mmoe", "layout": "per_event", "precision": "16-mixed", "batch": 65536, "oom": True},
+                    {"model": "ple", "layout": "per_event", "precision": "32-true", "batch": 4096, "skipped": True}],
+           "loader": [{"layout": "per_event", "batch": 4096, "events_per_s": 6e6}]}
+    text = "\n".join(gpu_bench.lines(res))
+    assert "| mmoe | 32-true | 4096 | 1,000,000 | 4,000,000 | 2.00 | 0.488 | 48.8% |" in text
+    assert "| mmoe | 16-mixed | 65536 | OOM | OOM | - | - | - |" in text
+    assert "| ple | 32-true | 4096 | skipped (time budget) |" in text
+    assert "| per_event | 4096 | 6,000,000 | 1,000,000 (mmoe, 32-true) | 6.0x |" in text
