@@ -242,11 +242,11 @@ def lines(res: dict, command: str = "python bench/gpu_bench.py") -> list[str]:
     """The docs/performance.md section of one result."""
     peaks = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in sorted(res["peaks"].items()))
     out = [f"{HEADING} (`{command}`)", "",
-           f"Device: **{res['device']}**; run {res['date']}; {res['environment']}. Matmul peak (`torch.mm` "
-           f"{res['peak_n']}x{res['peak_n']}, same run): {peaks}. Plain training loop (loss, backward, fused AdamW; "
-           f"autocast for the mixed precisions) on device-resident batches, {res['steps']} steps after "
-           f"{res['warmup']} warm-up; synthetic data, {res['n_events']:,} events; MoSE: batch / 32 windows of 32 "
-           "steps, scored steps counted. The FLOP share is of the precision's own matmul peak.", "",
+           (f"Device: **{res['device']}**; run {res['date']}; {res['environment']}. Matmul peak (`torch.mm` "
+            f"{res['peak_n']}x{res['peak_n']}, same run): {peaks}. Plain training loop (loss, backward, fused "
+            f"AdamW; autocast for the mixed precisions) on device-resident batches, {res['steps']} steps after "
+            f"{res['warmup']} warm-up; synthetic data, {res['n_events']:,} events; MoSE: batch / stream_len "
+            "windows, scored steps counted. The FLOP share is of the precision's own matmul peak."), "",
            "| model | precision | batch | train events/s | inference events/s | GFLOP/step | TFLOP/s | % of matmul peak |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -258,8 +258,8 @@ def lines(res: dict, command: str = "python bench/gpu_bench.py") -> list[str]:
               if "peak_fraction" in r else "n/a (LSTM) | n/a | n/a")
         out.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {r['train_events_per_s']:,.0f} | "
                    f"{r['infer_events_per_s']:,.0f} | {fl} |")
-    out += ["", "The loader alone (memory-mapped arrays -> batch gathering -> pinned host tensors -> non_blocking "
-            "copies to the device, main process) against the fastest model's training at the same batch:", "",
+    out += ["", ("The loader alone (memory-mapped arrays -> batch gathering -> pinned host tensors -> non_blocking "
+                 "copies to the device, main process) against the fastest model's training at the same batch:"), "",
             "| layout | batch | loader events/s | fastest training (model, precision) events/s | loader / training |",
             "|---|---|---|---|---|"]
     for load in res["loader"]:
