@@ -187,35 +187,39 @@ def run(models: list[str], batches: list[int], precisions: list[str], device: to
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        built = {}  # name -> (module on CPU, datamodule, data config): seeded, the same weights every run
         for name in models:
             if not (ROOT / f"conf/model/{name}.yaml").exists():
                 print(f"  {name}: no conf/model/{name}.yaml, skipped", flush=True)
                 continue
-            base, dm, data, _ = train_bench.build(name, tmp, n_events)  # seeded: the same weights every run
-            ds = dm.splits["train"]
-            flops_at = None
-            for batch in batches:
+            base, dm, data, _ = train_bench.build(name, tmp, n_events)
+            built[name] = (base, dm, data)
+        flops_at = {}  # name -> (batch, FLOPs of one fp32 training step at that batch)
+        # batches outermost: where --budget runs out, the largest batches are skipped, not whole models
+        for batch in batches:
+            for name, (base, dm, data) in built.items():
+                ds, layout = dm.splits["train"], data.get("layout")
                 rows_n = rows_per_batch(dm, batch)
                 # once per layout and batch (MMoE, PLE and POSO read the same per-event arrays)
-                if not any(r["layout"] == data.get("layout") and r["batch"] == batch for r in loads):
+                if not any(r["layout"] == layout and r["batch"] == batch for r in loads):
                     load = loader(dm, batch, device, steps)
-                    loads.append({"layout": data.get("layout"), "batch": batch, **load})
-                    print(f"  loader {data.get('layout'):10s} batch {batch:6d}: {load['events_per_s']:>12,.0f} ev/s",
-                          flush=True)
+                    loads.append({"layout": layout, "batch": batch, **load})
+                    print(f"  loader {layout:10s} batch {batch:6d}: {load['events_per_s']:>12,.0f} ev/s", flush=True)
                 for precision in precisions:
-                    row = {"model": name, "layout": data.get("layout"), "precision": precision, "batch": batch}
+                    row = {"model": name, "layout": layout, "precision": precision, "batch": batch}
+                    rows.append(row)
                     if time.perf_counter() - t0 > budget_s:  # keep the whole run under its budget
-                        rows.append({**row, "skipped": True})
+                        row["skipped"] = True
                         print(f"  {name:5s} {precision:10s} batch {batch:6d}: skipped (--budget {budget_s:.0f} s)")
                         continue
                     module = copy.deepcopy(base).to(device)  # fresh weights and optimizer per run
                     try:
                         dev = [to_device(ds.__getitems__(positions(len(ds), rows_n, rng)), device) for _ in range(2)]
-                        if flops_at is None and data.get("layout") != "per_stream":
-                            flops_at = (batch, step_flops(module, dev[0]))
+                        if name not in flops_at and layout != "per_stream":
+                            flops_at[name] = (batch, step_flops(module, dev[0]))
                         row.update(train_and_infer(module, dev, device, precision, steps, warmup))
-                        if flops_at:
-                            fl = flops_at[1] * batch / flops_at[0]
+                        if name in flops_at:
+                            fl = flops_at[name][1] * batch / flops_at[name][0]
                             peak = peaks[str(AUTOCAST[precision] or torch.float32).removeprefix("torch.")]
                             row.update(flops_per_step=fl, achieved_flops=fl / row["train_step_s"],
                                        peak_fraction=fl / row["train_step_s"] / peak)
@@ -231,7 +235,8 @@ def run(models: list[str], batches: list[int], precisions: list[str], device: to
                         del module
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
-                    rows.append(row)
+    rows.sort(key=lambda r: (models.index(r["model"]), PRECISIONS.index(r["precision"]), r["batch"]))
+    loads.sort(key=lambda r: (r["layout"], r["batch"]))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({threads} thread(s))"
     return {"device": name, "peaks": peaks, "peak_n": peak_n, "rows": rows, "loader": loads, "steps": steps,
             "warmup": warmup, "n_events": n_events, "environment": environment(threads),
