@@ -341,9 +341,16 @@ class MultiTaskModule(pl.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
-        """Fused AdamW with the recipe of :mod:`mose.optim` (defaults: ``lr`` as given, no warm-up)."""
+        """Fused AdamW with the recipe of :mod:`mose.optim` (defaults: ``lr`` as given, no warm-up). The batch
+        the lr is scaled to is the global one: the per-device batch x devices x accumulated batches."""
         h = self.hparams
         batch = h.get("batch_size") or (h.get("data") or {}).get("batch_size")
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a trainer (benchmarks' raw loops)
+            trainer = None
+        if batch and trainer is not None:
+            batch *= trainer.world_size * trainer.accumulate_grad_batches
         return build_optimizer(self, h.lr, h.weight_decay, batch=batch, scale_lr=h.get("scale_lr", "none"),
                                ref_batch=h.get("ref_batch", 512), warmup_steps=h.get("warmup_steps", 0),
                                embed_lr_scale=h.get("embed_lr_scale", 1.0))

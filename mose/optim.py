@@ -4,7 +4,8 @@ Config (``conf/train.yaml``, group ``optim``), the defaults leaving the plain Ad
 
 - ``scale_lr``: ``none`` | ``linear`` | ``sqrt``: the lr used is ``lr * (batch / ref_batch)`` (linear,
   Goyal et al. 2017) or ``lr * sqrt(batch / ref_batch)`` (sqrt, the rule for Adam-type optimizers),
-  ``batch`` being ``data.batch_size`` (events per step; windows for the per-stream layout) and
+  ``batch`` being the global batch (``data.batch_size`` x devices x ``trainer.accumulate_grad_batches``;
+  events, or windows for the per-stream layout) and
   ``ref_batch`` (``optim.ref_batch``) the batch ``optim.lr`` was tuned at;
 - ``warmup_steps``: the lr rises linearly over the first optimizer steps, ``(step + 1) / warmup_steps`` of
   its value at step ``step`` (0-based), then stays (0: no warm-up, no scheduler);

@@ -96,13 +96,23 @@ def test_lightning_follows_the_recipe(prepared):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=5, logger=False, accumulate_grad_batches=1, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[Record()])
     dm = EventDataModule({"dir": str(root)}, batch_size=64)
     dm.setup()
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     base = 0.01 * math.sqrt(2)
     assert lrs == pytest.approx([base / 3, 2 * base / 3, base, base, base], rel=1e-9)
+
+
+def test_the_scaled_batch_is_the_global_one(prepared):
+    """2 accumulated batches of 64 are one optimizer step of 128: linear from 32 gives 4x the lr."""
+    _, manifest = prepared
+    module = MultiTaskModule(MODEL, asdict(InputSpec.from_manifest(manifest)), TASKS, manifest["task_stats"],
+                             manifest["cohorts"], lr=0.01, batch_size=64, scale_lr="linear", ref_batch=32)
+    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.02)  # no trainer: 64
+    module.trainer = pl.Trainer(accumulate_grad_batches=2, logger=False, enable_progress_bar=False)
+    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.04)
 
 
 @pytest.mark.parametrize("optim, key", [({"scale_lr": "cubic"}, "optim.scale_lr"), ({"ref_batch": 0}, "optim.ref_batch"),
