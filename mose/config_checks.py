@@ -32,6 +32,7 @@ from mose.models.linear_combination import MIXES
 from mose.models.mose import GATES
 from mose.models.omoe import MIXTURES
 from mose.models.poso import CODES
+from mose.nn.embeddings import ID_DROPOUT
 from mose.nn.norm import NORMS
 from mose.nn.sequence import CELLS
 from mose.nn.task_chain import needs_dependency
@@ -39,7 +40,6 @@ from mose.optim import SCALE_RULES
 
 log = logging.getLogger(__name__)
 
-ID_DROPOUT_KEYS = ("user", "item")  # id_dropout.<key>: the batch id columns that may be replaced by OOV
 SUPPLIED = ("input_spec", "tasks", "after")  # model constructor arguments that MultiTaskModule passes itself
 # model keys with a fixed set of values (the same in every model that takes the key)
 MODEL_CHOICES = {"norm": (*NORMS, None), "cell": CELLS, "gate": GATES, "mixture": MIXTURES, "mix": MIXES,
@@ -279,9 +279,12 @@ def check_config(cfg: DictConfig | Mapping) -> None:
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be a positive integer (or -1 for no limit)")
     for key, value in _section(cfg, "id_dropout").items():
-        if key not in ID_DROPOUT_KEYS:
-            raise ConfigError(f"id_dropout.{key}: unknown key (id_dropout has {', '.join(ID_DROPOUT_KEYS)})")
+        if key not in ID_DROPOUT:
+            raise ConfigError(f"id_dropout.{key}: unknown key (id_dropout has {', '.join(ID_DROPOUT)})")
         _check_value(f"id_dropout.{key}", "id_dropout", value)
+        if key == "history" and value and (cfg.get("data") or {}).get("layout") == "per_stream":
+            raise ConfigError("id_dropout.history: the per-stream models (data.layout=per_stream) read the stream "
+                              "itself, not history tokens; set it only for per-event models")
     nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}
     if nonfinite.get("mode") is not None:
         _one_of("callbacks.nonfinite.mode", nonfinite["mode"], NONFINITE_MODES)

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
-from data_prep.vocab import OOV, PAD
+from data_prep.vocab import PAD
 from mose.metrics import GateUsage, MultiTaskMetrics, undefined_auc_tasks
 from mose.nn.carry import carry_states
-from mose.nn.embeddings import InputSpec
+from mose.nn.embeddings import ID_DROPOUT, InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.nn.task_chain import TaskChain
 from mose.optim import build_optimizer
@@ -58,7 +58,7 @@ class MultiTaskModule(pl.LightningModule):
     :mod:`mose.weighting` method (default: fixed task weights); ``fingerprint`` the prepared dataset's
     vocabulary and task fingerprint (``manifest["fingerprint"]``, :mod:`data_prep.fingerprint`), checked by
     ``mose-eval``, ``mose-predict`` and ``resume=`` against the data they run on; ``id_dropout``
-    ``{user: p, item: q}`` the share of ids replaced by OOV in training batches (:meth:`drop_ids`).
+    ``{user: p, item: q, history: r}`` the share of ids replaced in training batches (:meth:`drop_ids`).
     ``scale_lr`` / ``ref_batch`` / ``warmup_steps`` / ``embed_lr_scale``: the optimizer recipe of
     :mod:`mose.optim` (lr scaled from ``ref_batch`` to ``batch_size``, default ``data["batch_size"]``).
     Binary tasks train with BCE on logits, regression tasks with MSE on the standardised target; a
@@ -108,16 +108,18 @@ class MultiTaskModule(pl.LightningModule):
         self.register_buffer("_orphans", torch.zeros(len(self.tasks), dtype=torch.long), persistent=False)
 
     def drop_ids(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training only: each id of ``batch[key]`` (``user``, ``item``) replaced by ``OOV`` with probability
-        ``id_dropout[key]``, so the OOV row (unseen and rare ids) is trained even when every train id is
-        known. Padding (``PAD``) stays."""
+        """Training only: each id of ``id_dropout[key]``'s batch column replaced with that probability
+        (:data:`mose.nn.embeddings.ID_DROPOUT`): ``user`` and ``item`` ids by ``OOV``, so the OOV row
+        (unseen and rare ids) is trained even when every train id is known; ``history`` tokens by
+        ``PAD``, so a model cannot lean on any one earlier event. Padding (``PAD``) stays."""
         if not self.id_dropout:
             return batch
         out = dict(batch)
         for key, p in self.id_dropout.items():
-            ids = batch[key]
+            column, replacement = ID_DROPOUT[key]
+            ids = batch[column]
             drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != PAD)
-            out[key] = torch.where(drop, torch.full_like(ids, OOV), ids)
+            out[column] = torch.where(drop, torch.full_like(ids, replacement), ids)
         return out
 
     def outputs(self, batch: dict[str, torch.Tensor]) -> dict:

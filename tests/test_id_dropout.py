@@ -1,4 +1,5 @@
-"""id_dropout: training batches replace a share of user / item ids by OOV, so the OOV row is learned."""
+"""id_dropout: training batches replace a share of user / item ids by OOV, so the OOV row is learned, and
+mask a share of history tokens (PAD)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def test_drop_ids_replaces_the_share_asked_and_keeps_padding():
     assert torch.equal(out["item"], ids)  # no item dropout asked
 
 
+def test_history_dropout_masks_tokens_not_padding():
+    module = MultiTaskModule.__new__(MultiTaskModule)
+    torch.nn.Module.__init__(module)
+    module.id_dropout = {"history": 0.5}
+    hist = torch.randint(2, 50, (20_000, 20))
+    hist[:, :5] = PAD  # short histories: their padding stays padding
+    torch.manual_seed(0)
+    out = module.drop_ids({"hist_item": hist, "user": torch.arange(20_000)})
+    masked = (out["hist_item"] == PAD) & (hist != PAD)
+    assert abs(masked[:, 5:].float().mean().item() - 0.5) < 0.01
+    assert (out["hist_item"][:, :5] == PAD).all() and torch.equal(out["hist_item"][~masked], hist[~masked])
+    assert not (out["hist_item"] == OOV).any() and torch.equal(out["user"], torch.arange(20_000))
+
+
 def test_the_oov_row_is_trained_only_with_id_dropout_and_unseen_users_get_it(prepared):
     root, _ = prepared
     split, user = load(root, "split"), load(root, "user")
@@ -71,7 +86,14 @@ def test_the_oov_row_is_trained_only_with_id_dropout_and_unseen_users_get_it(pre
 
 
 @pytest.mark.parametrize(("value", "match"), [({"user": 1.0}, r"id_dropout\.user=1\.0"),
-                                              ({"users": 0.1}, r"id_dropout\.users: unknown key")])
+                                              ({"users": 0.1}, r"id_dropout\.users: unknown key"),
+                                              ({"history": -0.1}, r"id_dropout\.history=-0\.1")])
 def test_bad_id_dropout_names_the_key(value, match):
     with pytest.raises(ConfigError, match=match):
         check_config({"model": MODEL, "data": {"tasks": {"click": {"kind": "binary"}}}, "id_dropout": value})
+
+
+def test_history_dropout_is_refused_for_the_per_stream_models():
+    with pytest.raises(ConfigError, match=r"id_dropout\.history: the per-stream models"):
+        check_config({"model": MODEL, "data": {"tasks": {"click": {"kind": "binary"}}, "layout": "per_stream"},
+                      "id_dropout": {"history": 0.2}})

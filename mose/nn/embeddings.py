@@ -7,7 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from data_prep.vocab import PAD
+from data_prep.vocab import OOV, PAD
+
+# id_dropout.<key> (conf/train.yaml): the batch column whose training ids are dropped, and what replaces them:
+# user and item ids the OOV row (so it is trained for unseen ids), history tokens PAD (masked out: item and labels)
+ID_DROPOUT = {"user": ("user", OOV), "item": ("item", OOV), "history": ("hist_item", PAD)}
 
 EMBED_INIT_STD = 0.05
 
