@@ -207,15 +207,18 @@ class MultiTaskModule(pl.LightningModule):
             return True
 
     def on_fit_start(self) -> None:
-        """A counting model (``fit_counts``: :class:`mose.models.popularity.Popularity`) counts the train split once."""
-        if hasattr(self.model, "fit_counts"):
-            def batches():
-                for batch in self.trainer.datamodule.train_dataloader():
-                    item, labels = batch["item"], batch["labels"]
-                    if "mask" in batch:
-                        item, labels = item[batch["mask"]], labels[batch["mask"]]
-                    yield item, (self.transformed(labels.to(self.device)) - self.mean) / self.std  # binary: 0/1
-            self.model.fit_counts(batches(), self.binary)
+        """Every counting part of the model (``fit_counts``: :class:`mose.models.popularity.Popularity`, the
+        model itself or MMoE's ``item_prior``) counts the train split once."""
+        counters = [m for m in self.model.modules() if hasattr(m, "fit_counts")]
+
+        def batches():
+            for batch in self.trainer.datamodule.train_dataloader():
+                item, labels = batch["item"], batch["labels"]
+                if "mask" in batch:
+                    item, labels = item[batch["mask"]], labels[batch["mask"]]
+                yield item, (self.transformed(labels.to(self.device)) - self.mean) / self.std  # binary: 0/1
+        for counter in counters:
+            counter.fit_counts(batches(), self.binary)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses, logits, rows, aux = self._step(self.drop_ids(batch))

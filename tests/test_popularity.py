@@ -36,6 +36,25 @@ def test_popularity_rates_are_the_smoothed_train_means():
     torch.testing.assert_close(out["watch"], torch.stack([rate2[1], rate3[1], prior[1]]))
 
 
+def test_mmoe_item_prior_adds_the_smoothed_rate_logit():
+    from mose.models.mmoe import MMoE
+
+    spec = InputSpec(n_users=3, n_items=4, cat_vocab=(), n_numeric=0, history_len=2, n_history_labels=1,
+                     n_prior_buckets=16)
+    plain = MMoE(spec, ["click"], embed_dim=4, expert=[8], tower=[4])
+    torch.manual_seed(0)
+    wide = MMoE(spec, ["click"], embed_dim=4, expert=[8], tower=[4], item_prior=2.0)
+    assert plain.prior is None and not any(hasattr(m, "fit_counts") for m in plain.modules())
+    wide.prior.fit_counts([(torch.tensor([2, 2, 3]), torch.tensor([[1.0], [1.0], [0.0]]))], torch.tensor([True]))
+    batch = {"user": torch.tensor([2, 2]), "item": torch.tensor([2, 3]), "prior_bucket": torch.tensor([1, 1]),
+             "hist_item": torch.tensor([[3, 0], [2, 0]]), "hist_label": torch.tensor([[[1], [0]], [[0], [0]]]),
+             "cat": torch.zeros(2, 0, dtype=torch.long), "num": torch.zeros(2, 0)}
+    rate = (torch.tensor([2.0, 0.0]) + 2 * (2 / 3)) / (torch.tensor([2.0, 1.0]) + 2)
+    deep = wide(batch)["click"] - torch.logit(rate)
+    wide.prior = None
+    torch.testing.assert_close(deep, wide(batch)["click"])  # the rest of the logit is the plain MMoE's
+
+
 def test_paired_bootstrap_hand_values():
     d, w = np.array([0.1, 0.1, 0.1]), np.array([1.0, 2.0, 3.0])
     assert paired_bootstrap([d], [w], n_boot=200) == pytest.approx((0.1, 0.1, 0.1))  # no spread: a point
