@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment
+from train_bench import step_flops
 
 DEFAULT_MODELS = ["mmoe", "ple", "mose", "poso"]
 DEFAULT_BATCHES = [4096, 8192, 16384, 32768, 65536]
@@ -115,18 +116,6 @@ def loader(dm, batch: int, device: torch.device, steps: int, seed: int = 0) -> d
         events += scored(out)
     sync(device)
     return {"events_per_s": events / (time.perf_counter() - start)}
-
-
-def step_flops(module, batch) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    module.train()
-    with FlopCounterMode(display=False) as counter:
-        losses, _, _, aux = module._step(batch)
-        loss, _ = module.combined_loss(losses, aux)
-        loss.backward()
-    module.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
 
 
 def train_and_infer(module, batches: list[dict], device: torch.device, precision: str, steps: int,
