@@ -127,6 +127,19 @@ def test_ddp_sim_trains_and_rank0_writes(tmp_path):
         assert math.isclose(test[key], value, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(value) and math.isnan(test[key])), key
 
 
+def test_ddp_sim_counts_the_whole_train_split(tmp_path):
+    """model=popularity (and MMoE's item prior) count the train split before training: under DDP every rank
+    counts the whole split (the datamodule's loader, not the rank's shard), so the counts are the same on
+    every rank and hold each train event once."""
+    data_dir = tmp_path / "data"
+    proc, run = train_ddp("popularity", tmp_path, data_dir)
+    metrics = check_ddp_run(proc, run)
+    manifest = json.loads((prepared_dir(data_dir, "synthetic") / "manifest.json").read_text())
+    counts = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]["model.counts"]
+    n_train = manifest["splits"]["train"]
+    assert counts.sum().item() == n_train
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [m for m in MODELS if m != "mmoe"])
 def test_ddp_sim_trains_every_model(model, tmp_path_factory):
