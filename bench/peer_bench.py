@@ -75,6 +75,7 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
     from data_prep.dataset import read_manifest
     from mose.module import MultiTaskModule
     from mose.nn.embeddings import InputSpec
+    from mose.optim import recipe
     from mose.train import build_datamodule
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -87,9 +88,7 @@ def ours(name: str, data_dir: str, epochs: int, seed: int, threads: int, overrid
     module = MultiTaskModule(model=model, input_spec=asdict(InputSpec.from_manifest(manifest)),
                              tasks=event_spec(data).to_dict()["tasks"], task_stats=manifest["task_stats"],
                              cohorts=manifest["cohorts"], lr=optim["lr"], weight_decay=optim["weight_decay"],
-                             scale_lr=optim.get("scale_lr", "none"), ref_batch=optim.get("ref_batch", 512),
-                             warmup_steps=optim.get("warmup_steps", 0),
-                             embed_lr_scale=optim.get("embed_lr_scale", 1.0), batch_size=data["batch_size"])
+                             batch_size=data["batch_size"], **recipe(optim))
     dm = build_datamodule(data)
 
     class EpochClock(pl.Callback):

@@ -20,7 +20,7 @@ from mose.nn.carry import carry_states
 from mose.nn.embeddings import ID_DROPOUT, InputSpec
 from mose.nn.mixture import competitive_nll, mixture_logits
 from mose.nn.task_chain import TaskChain
-from mose.optim import build_optimizer
+from mose.optim import RECIPE_KEYS, build_optimizer
 from mose.plots import gate_heatmap
 from mose.weighting import Fixed, shared_parameters
 
@@ -356,6 +356,4 @@ class MultiTaskModule(pl.LightningModule):
             trainer = None
         if batch and trainer is not None:
             batch *= trainer.world_size * trainer.accumulate_grad_batches
-        return build_optimizer(self, h.lr, h.weight_decay, batch=batch, scale_lr=h.get("scale_lr", "none"),
-                               ref_batch=h.get("ref_batch", 512), warmup_steps=h.get("warmup_steps", 0),
-                               embed_lr_scale=h.get("embed_lr_scale", 1.0))
+        return build_optimizer(self, h.lr, h.weight_decay, batch=batch, **{k: h[k] for k in RECIPE_KEYS})

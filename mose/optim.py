@@ -28,6 +28,13 @@ import torch
 from torch import nn
 
 SCALE_RULES = ("none", "linear", "sqrt")
+RECIPE_KEYS = ("scale_lr", "ref_batch", "warmup_steps", "embed_lr_scale")  # optim.<key> -> MultiTaskModule
+
+
+def recipe(optim) -> dict:
+    """The recipe keys of an ``optim`` config section (:data:`RECIPE_KEYS`, those it sets), as
+    :class:`mose.module.MultiTaskModule` keyword arguments; the module's defaults fill the rest."""
+    return {key: optim[key] for key in RECIPE_KEYS if key in optim}
 
 
 def scaled_lr(lr: float, batch: int, ref_batch: int, rule: str = "none") -> float:

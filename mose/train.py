@@ -23,6 +23,7 @@ from data_prep.errors import cli_errors
 from mose.metrics import monitor_mode
 from mose.module import MultiTaskModule
 from mose.nn.embeddings import InputSpec
+from mose.optim import recipe
 from mose.quiet import quiet_third_party
 from mose.results import PER_USER, summary, write_metrics, write_per_user
 from mose.tb_callbacks import tensorboard_overrides
@@ -77,8 +78,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float]:
         weighting=OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None,
         fingerprint=manifest.get("fingerprint"),
         id_dropout=OmegaConf.to_container(cfg.id_dropout, resolve=True) if cfg.get("id_dropout") else None,
-        scale_lr=cfg.optim.get("scale_lr", "none"), ref_batch=cfg.optim.get("ref_batch", 512),
-        warmup_steps=cfg.optim.get("warmup_steps", 0), embed_lr_scale=cfg.optim.get("embed_lr_scale", 1.0),
+        **recipe(cfg.optim),
     )
     overrides = tensorboard_overrides(cfg)  # multirun: <sweep>/tensorboard/<model>/seed<k>
     logger = instantiate(cfg.logger, **overrides)
