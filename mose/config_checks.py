@@ -282,7 +282,7 @@ def check_config(cfg: DictConfig | Mapping) -> None:
         if key not in ID_DROPOUT:
             raise ConfigError(f"id_dropout.{key}: unknown key (id_dropout has {', '.join(ID_DROPOUT)})")
         _check_value(f"id_dropout.{key}", "id_dropout", value)
-        if key == "history" and value and (cfg.get("data") or {}).get("layout") == "per_stream":
+        if key == "history" and value and data.get("layout") == "per_stream":
             raise ConfigError("id_dropout.history: the per-stream models (data.layout=per_stream) read the stream "
                               "itself, not history tokens; set it only for per-event models")
     nonfinite = (cfg.get("callbacks") or {}).get("nonfinite") or {}

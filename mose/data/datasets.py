@@ -84,7 +84,7 @@ class StreamSplit(Dataset):
                 last_kept = np.full(owner.max(initial=-1) + 1, -1)
                 np.maximum.at(last_kept, owner[keep], np.flatnonzero(keep))
                 keep = np.arange(len(rows)) <= last_kept[owner]
-                self.owner, self.first = owner[keep], first[keep]
+                self.first = first[keep]
             self.rows, self.mask = rows[keep], mask[keep]
         else:
             offsets = np.load(root / "user_offsets.npy")
