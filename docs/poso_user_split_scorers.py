@@ -31,7 +31,10 @@ import torch
 
 from data_prep.split import TEST, TRAIN, VAL
 from data_prep.vocab import OOV
+from mose import metrics
 from mose.metrics import grouped_auc
+from mose.models.popularity import Popularity
+from mose.nn.embeddings import InputSpec
 from mose.report import paired_bootstrap
 
 POPULARITY_SMOOTHING = 20.0
@@ -47,13 +50,13 @@ def load(folder: Path) -> dict[str, np.ndarray]:
 
 
 def item_rate(item: np.ndarray, y: np.ndarray, n_items: int, a: float) -> np.ndarray:
-    """``(I,)`` smoothed positive rate of each item from train events ``item (M,), y (M,)``, as
-    ``model=popularity`` fits it (the OOV row pools the rare items)."""
-    mean = y.mean()
-    pos = np.bincount(item, weights=y, minlength=n_items)
-    n = np.bincount(item, minlength=n_items)
-    rate = (pos + a * mean) / (n + a)
-    return rate
+    """``(I,)`` smoothed positive rate of each item from train events ``item (M,), y (M,)``: what
+    ``model=popularity`` fits (:class:`mose.models.popularity.Popularity`; the OOV row pools the rare items)."""
+    spec = InputSpec(n_users=1, n_items=n_items, cat_vocab=(), n_numeric=0, history_len=1, n_history_labels=1,
+                     n_prior_buckets=1)
+    model = Popularity(spec, ["task"], smoothing=a)
+    model.fit_counts([(torch.from_numpy(item), torch.from_numpy(y)[:, None])], torch.tensor([True]))
+    return model.rates()[:, 0].numpy()
 
 
 def co_positive(user: np.ndarray, item: np.ndarray, y: np.ndarray, n_items: int) -> np.ndarray:
@@ -81,8 +84,7 @@ def per_user_auc(score: np.ndarray, y: np.ndarray, user: np.ndarray) -> tuple[np
 
 
 def gauc(score: np.ndarray, y: np.ndarray, user: np.ndarray) -> float:
-    auc, n = per_user_auc(score, y, user)
-    return float((auc * n).sum() / n.sum())
+    return metrics.gauc(torch.from_numpy(score), torch.from_numpy(y), torch.from_numpy(user))
 
 
 def logit(p: np.ndarray) -> np.ndarray:
