@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment
-from train_bench import step_flops
+from train_bench import matmul_peak, step_flops, sync
 
 DEFAULT_MODELS = ["mmoe", "ple", "mose", "poso"]
 DEFAULT_BATCHES = [4096, 8192, 16384, 32768, 65536]
@@ -58,26 +58,6 @@ AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bflo
 JSON_PATH = ROOT / "bench/results/gpu_bench.json"
 DOC = ROOT / "docs/performance.md"
 HEADING = "## GPU benchmark"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """Median FLOP/s of an ``n x n`` matmul on ``device`` in ``dtype`` (the practical dense peak)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
 
 
 def positions(n: int, batch: int, rng: np.random.Generator) -> list[int]:
@@ -171,7 +151,8 @@ def run(models: list[str], batches: list[int], precisions: list[str], device: to
     if device.type != "cuda":
         precisions = [p for p in precisions if p == "32-true"]  # 16-mixed needs CUDA; CPU bf16: train_bench.py
     peak_dtypes = {AUTOCAST[p] or torch.float32 for p in precisions}
-    peaks = {str(d).removeprefix("torch."): matmul_peak(device, d, peak_n) for d in peak_dtypes}
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d, peak_n, repeats=10, device=device, warmup=3)
+             for d in peak_dtypes}
     rows, loads = [], []
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()

@@ -201,14 +201,27 @@ def step_flops(module, batch) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 7) -> float:
-    """Median FLOP/s of an ``n x n`` matmul (this machine's practical dense peak at the set thread count)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 7, device: torch.device = CPU,
+                warmup: int = 1) -> float:
+    """Median FLOP/s of an ``n x n`` matmul on ``device`` (the practical dense peak at the set thread count)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(warmup):
+        torch.mm(a, b)
     times = []
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times)
 
