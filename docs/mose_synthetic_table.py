@@ -27,19 +27,17 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_prep.paths  # noqa: E402,F401  (registers the ${source_key:...} resolver of data.dir)
-from data_prep.dataset import read_manifest  # noqa: E402
-from data_prep.sources.mose_synthetic import ceiling_mse  # noqa: E402
-from mose.report import _mean_std, config_value, load_runs  # noqa: E402
+import data_prep.paths  # noqa: F401  (registers the ${source_key:...} resolver of data.dir)
+from data_prep.dataset import read_manifest
+from data_prep.sources.mose_synthetic import ceiling_mse
+from mose.report import _mean_std, config_value, load_runs
 
 MOSE, BASELINE = "mose", "popularity"
 
 
 def val_loss(run: dict) -> float:
     """The best checkpoint's validation loss, from its file name (``epoch03-loss0.4321.ckpt``)."""
-    import json
-    ckpt = json.loads((Path(run["dir"]) / "metrics.json").read_text()).get("checkpoint") or ""
-    found = re.search(r"loss(\d+\.\d+)", Path(ckpt).name)
+    found = re.search(r"loss(\d+\.\d+)", Path(run["checkpoint"] or "").name)
     return float(found.group(1)) if found else math.nan
 
 
@@ -88,7 +86,7 @@ def tables(root: str) -> str:
             out.append(f"| {m} | {len(per[m])} | " + " | ".join(_mean_std([v[f"{t}/mse"] for v in per[m].values()])
                                                           for t in tasks) + " |")
         ceil = ceiling(group[0], tasks)
-        out += [f"| ceiling (noise-free next step) | - | " + " | ".join(f"{ceil[f'{t}/mse']:.4f}" for t in tasks) + " |",
+        out += ["| ceiling (noise-free next step) | - | " + " | ".join(f"{ceil[f'{t}/mse']:.4f}" for t in tasks) + " |",
                 ""]
         if MOSE in per:
             out += ["| task | best other model | MoSE - best, paired by seed [95% interval] |", "|---|---|---|"]

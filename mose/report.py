@@ -36,7 +36,8 @@ def _run_order(path: Path) -> tuple:
 
 
 def load_runs(root: str | Path) -> list[dict]:
-    """One dict per run: ``model`` (config choice), ``data``, ``seed``, ``test`` metrics, ``dir``.
+    """One dict per run: ``model`` (config choice), ``data``, ``seed``, ``test`` metrics, ``checkpoint`` (the
+    tested one, None if not recorded), ``dir``.
 
     A ``metrics.json`` (or its run's ``.hydra/hydra.yaml``) that cannot be parsed raises :class:`InputError`
     naming the file.
@@ -54,7 +55,7 @@ def load_runs(root: str | Path) -> list[dict]:
             choices = (_read(hydra_file, yaml.safe_load) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
             model = choices.get("model", model)
         runs.append({"model": model, "data": info.get("data", "?"), "seed": info.get("seed"),
-                     "test": info["test"], "dir": str(path.parent)})
+                     "test": info["test"], "checkpoint": info.get("checkpoint"), "dir": str(path.parent)})
     return runs
 
 
