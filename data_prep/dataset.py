@@ -11,6 +11,8 @@ Every path writes into a temp folder beside the target and renames it when compl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -96,21 +98,49 @@ def finish_dataset(tmp: Path, out_dir: Path, manifest: dict, fitted: FittedState
     return swap_in(tmp, out_dir)
 
 
-def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict, fitted: FittedState,
-                  users: pl.Series) -> Path:
-    """Write arrays, fitted state and manifest to a temp folder beside ``out_dir``, then swap it in."""
-    out_dir = Path(out_dir)
-    tmp = new_temp(out_dir)
+def open_output(tmp: Path, name: str, shape: tuple, dtype) -> np.memmap:
+    """``<tmp>/<name>.npy`` created with its header and its blocks reserved on disk, memory-mapped for writing.
+
+    Reserving (``posix_fallocate``) turns a full disk into an ``OSError`` here instead of a ``SIGBUS`` on the
+    first page written."""
+    mm = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+    if mm.nbytes:
+        with open(mm.filename, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, mm.offset + mm.nbytes)
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: written as is
+                    raise
+    return mm
+
+
+@contextlib.contextmanager
+def writing(out_dir: Path, tmp: Path):
+    """Remove the temp folder ``tmp`` if the block fails; an ``OSError`` (a full or read-only disk) becomes a
+    :class:`WriteError` naming the dataset ``out_dir`` (NumPy's errors do not)."""
     try:
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-        return finish_dataset(tmp, out_dir, manifest, fitted, users)
+        yield
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):  # a full or read-only disk: name the dataset (np.save's error does not)
+        if isinstance(err, OSError):
             reason = err.strerror or f"{err} (a full disk?)"
             raise WriteError(f"cannot write {out_dir} (prepared dataset): {reason}") from err
         raise
+
+
+def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict, fitted: FittedState,
+                  users: pl.Series, tmp: Path | None = None) -> Path:
+    """Write arrays, fitted state and manifest to a temp folder beside ``out_dir``, then swap it in.
+
+    ``tmp``: that folder (:func:`new_temp`) when some arrays already are :func:`open_output` maps in it (left to
+    the page cache like ``np.save``'s writes, not copied)."""
+    out_dir = Path(out_dir)
+    tmp = tmp or new_temp(out_dir)
+    with writing(out_dir, tmp):
+        for name, arr in arrays.items():
+            if not (isinstance(arr, np.memmap) and Path(arr.filename) == (tmp / f"{name}.npy").resolve()):
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+        return finish_dataset(tmp, out_dir, manifest, fitted, users)
 
 
 def swap_in(tmp: Path, out_dir: Path) -> Path:

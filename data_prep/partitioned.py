@@ -52,7 +52,7 @@ import numpy as np
 import polars as pl
 
 from data_prep.arrays import row_shapes
-from data_prep.dataset import config_hash, finish_dataset, load_fitted, manifest_fields, new_temp
+from data_prep.dataset import config_hash, finish_dataset, load_fitted, manifest_fields, new_temp, open_output
 from data_prep.fit import FitStats, FittedState, finish, fit_stats
 from data_prep.options import PrepOptions
 from data_prep.schema import FILE, FILE_ROW, TS, USER, EventSpec, SchemaError, validate
@@ -149,10 +149,6 @@ def _split_pass(source, parts_dir: Path, n_partitions: int, slice_rows: int, n: 
         ts[starts[i]:starts[i] + len(t)] = t
         digest.update(h.tobytes())
     return ts, digest.hexdigest()[:16]
-
-
-def _open(tmp: Path, name: str, shape: tuple, dtype) -> np.memmap:
-    return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
 def _with_file_rows(df: pl.DataFrame, files: list[Path]) -> pl.DataFrame:
@@ -276,7 +272,7 @@ def prepare_partitioned(raw, spec: EventSpec, out_dir: str | Path, options: Prep
 
         t2 = time.perf_counter()
         for name, (dtype, shape) in row_shapes(fitted).items():
-            _open(tmp, name, (n, *shape), dtype)  # preallocated (sparse) file with its .npy header
+            open_output(tmp, name, (n, *shape), dtype)  # preallocated file with its .npy header
         tasks = [(files, expr, options, fitted, pu.select(USER).join(users, on=USER, how="left"), tmp,
                   run.name == "ray") for files, pu in zip(part_files, part_users, strict=True)]
         del part_users
@@ -287,7 +283,7 @@ def prepare_partitioned(raw, spec: EventSpec, out_dir: str | Path, options: Prep
         t3 = time.perf_counter()
         o = fitted.options
         n_chunks = 1 + np.ceil(np.maximum(counts - o.stream_len, 0) / (o.stream_len - o.chunk_overlap)).astype(np.int64)
-        maps = {name: _open(tmp, name, (int(n_chunks.sum()), o.stream_len), dtype)
+        maps = {name: open_output(tmp, name, (int(n_chunks.sum()), o.stream_len), dtype)
                 for name, dtype in (("stream_rows", np.int64), ("stream_scored", np.bool_))}
         block, at = 200_000, 0
         for a in range(0, len(counts), block):

@@ -11,25 +11,28 @@ model trained on the fitted dataset scores every event of the later log (``mose-
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from data_prep.dataset import checksum, config_hash, load_fitted, manifest_fields, write_dataset
+from data_prep.dataset import (checksum, config_hash, load_fitted, manifest_fields, new_temp, open_output, write_dataset,
+                               writing)
 from data_prep.fit import FittedState, fit
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
 from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
-from data_prep.transform import log_frame, stream_arrays, transform, user_layout
+from data_prep.transform import Allocator, log_frame, stream_arrays, transform, user_layout
 from data_prep.vocab import unknown_shares
 
 
 def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fit_from: str | Path | None = None,
-                 split: SplitOptions | None = None) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
+                 split: SplitOptions | None = None, alloc: Allocator | None = None
+                 ) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
     """Every array of the dataset, its fitted state (fitted here on the train split of ``split``, default by
     time, or read from the prepared folder ``fit_from``), the user id of each ``user_key``, and the manifest
-    fields."""
+    fields. ``alloc``: where :func:`transform` gathers the histories (default fresh memory)."""
     validate(events, spec)
     split = split or SplitOptions()
     fitted = load_fitted(fit_from) if fit_from is not None else None
@@ -43,7 +46,7 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
         cuts, frame = (first, first), log_frame(events, None)
     check_splits(label_ranges(frame, spec), spec, split if fit_from is None else None, options.val_frac,
                  options.test_frac)
-    arrays = transform(frame, fitted)
+    arrays = transform(frame, fitted, alloc=alloc)
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}
     fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=N_CODES),
@@ -60,7 +63,11 @@ def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, options:
 
     ``fit_from`` (a prepared folder): transform with its fitted state instead of fitting one.
     """
-    arrays, fitted, users, fields = build_arrays(events, spec, options or PrepOptions(), fit_from, split)
+    out_dir = Path(out_dir)
+    tmp = new_temp(out_dir)
+    with writing(out_dir, tmp):  # the histories are gathered straight into their output files
+        arrays, fitted, users, fields = build_arrays(events, spec, options or PrepOptions(), fit_from, split,
+                                                     alloc=functools.partial(open_output, tmp))
     manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
                 "config_hash": config_hash(config or {})}
-    return write_dataset(Path(out_dir), arrays, manifest, fitted, users)
+    return write_dataset(out_dir, arrays, manifest, fitted, users, tmp)

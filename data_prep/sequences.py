@@ -16,6 +16,7 @@ from data_prep.vocab import PAD
 HIST_ITEM_DTYPE = np.int32  # item codes in histories: 80 instead of 160 bytes per event at K = 20
 
 N_PRIOR_BUCKETS = 16
+GATHER_BLOCK = 1 << 16  # rows per block of gather_windows (64k x 20 int32: 5 MiB)
 
 LAYOUTS = ("per_event", "per_stream")  # how a model reads a prepared dataset; the first is the default
 WINDOWS = ("chunks", "next_step")  # per-stream windows: prepared chunks, or one per scored event; default first
@@ -68,30 +69,36 @@ def prior_rows(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return ends, ends - user_start
 
 
-def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, length: int, pad=PAD) -> np.ndarray:
+def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, length: int, pad=PAD,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """The last ``length`` rows of ``values`` before each ``ends``, oldest first: ``(N, ...) -> (N, length, ...)``.
 
-    Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. One gather of rows
-    of a sliding-window view (each row a contiguous copy), not an ``(N, length)`` index array.
+    Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. Rows of a sliding-window
+    view gathered in blocks (each row a contiguous copy), not an ``(N, length)`` index array. ``out``: the
+    ``(N, length, ...)`` array to fill (e.g. the output file's memory map), else a new one.
     """
     values = np.ascontiguousarray(values)
     n, rest = len(values), values.shape[1:]
-    if 0 in rest:  # rows without columns (hist_label of a run without binary tasks): nothing to gather
-        return np.empty((len(ends), length, *rest), dtype=values.dtype)
+    out = np.empty((len(ends), length, *rest), dtype=values.dtype) if out is None else out
+    if 0 in rest or not len(ends):  # rows without columns (hist_label of a run without binary tasks): nothing to do
+        return out
     nbytes = values.itemsize * int(np.prod(rest, dtype=np.int64))
     row = np.dtype(f"u{nbytes}") if nbytes in (1, 2, 4, 8) else np.dtype((np.void, nbytes))  # a row as one item
     ext = np.empty((n + length, *rest), dtype=values.dtype)
     ext[:length], ext[length:] = pad, values
     flat = ext.reshape(n + length, -1).view(row).reshape(n + length)
-    # fancy indexing reads the strided window view in place; np.take would first copy the whole
-    # (N + length, length) view to a contiguous array (3-10x slower at 1e7 events, mostly in the kernel)
-    out = np.lib.stride_tricks.sliding_window_view(flat, length)[ends]
+    windows = np.lib.stride_tricks.sliding_window_view(flat, length)
+    dest = out.reshape(len(ends), -1).view(row)  # (N, length) rows as items
+    # fancy indexing reads the strided window view in place (np.take would first copy the whole (N + length,
+    # length) view); blocks of GATHER_BLOCK rows keep the temporary in cache and out of fresh memory
+    for start in range(0, len(ends), GATHER_BLOCK):
+        dest[start:start + GATHER_BLOCK] = windows[ends[start:start + GATHER_BLOCK]]
     short = np.flatnonzero(n_prior < length)  # only the first `length` events of each user need padding
     if len(short):
-        sub = out[short]
+        sub = dest[short]
         sub[np.arange(length)[None, :] < (length - n_prior[short])[:, None]] = flat[0]
-        out[short] = sub
-    return out.view(values.dtype).reshape((n, length, *rest))
+        dest[short] = sub
+    return out
 
 
 def stream_chunks(user_offsets: np.ndarray, length: int, overlap: int = 0) -> tuple[np.ndarray, np.ndarray]:

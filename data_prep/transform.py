@@ -12,7 +12,7 @@ count ``n_prior`` drives ``prior_bucket``, the ``new_user`` / ``activity`` cohor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import polars as pl
@@ -36,6 +36,8 @@ from data_prep.vocab import NO_COHORT, OOV, UNSEEN, encode
 
 if TYPE_CHECKING:
     from data_prep.history import HistoryLog
+
+Allocator = Callable[[str, tuple, np.dtype], np.ndarray]  # (array name, shape, dtype) -> the array to fill
 
 
 def log_frame(events: pl.DataFrame, split: tuple[int, int] | pl.Expr | None, options: PrepOptions | None = None
@@ -109,13 +111,16 @@ def personalization_codes(events: pl.DataFrame, n_prior: np.ndarray, prior_bucke
     return np.stack(codes, axis=1)
 
 
-def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None = None) -> dict[str, np.ndarray]:
+def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None = None,
+              alloc: Allocator | None = None) -> dict[str, np.ndarray]:
     """The per-event arrays of ``events`` (every entry of ``ARRAYS`` but ``user_key``), ``(N, ...)`` each.
 
     Without ``log``, ``events`` is a :func:`log_frame` and each event's history is its own earlier
     rows. With ``log``, ``events`` are in any order (candidates: no ``split`` or label columns needed,
     labels are 0 where absent) and histories are the ``log``'s events strictly before each ``ts``;
     the result then also has ``last`` ``(N,)``, the log row of the latest of them (-1 if none).
+    ``alloc(name, shape, dtype)``: where the history arrays (the largest, ``(N, K)`` and ``(N, K, L)``) are
+    gathered, e.g. :func:`data_prep.dataset.open_output` maps of the output files; default fresh memory.
     """
     spec, options = fitted.spec, fitted.options
     n, k = events.height, options.history_len
@@ -140,8 +145,10 @@ def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None 
     }
     if log is None:
         binary = labels[:, spec.binary_index].astype(np.int8)
-        out["hist_item"] = gather_windows(codes[1].astype(HIST_ITEM_DTYPE), ends, n_prior, k)
-        out["hist_label"] = gather_windows(binary, ends, n_prior, k)
+        into = lambda name, v: alloc(name, (n, k, *v.shape[1:]), v.dtype) if alloc else None
+        items = codes[1].astype(HIST_ITEM_DTYPE)
+        out["hist_item"] = gather_windows(items, ends, n_prior, k, out=into("hist_item", items))
+        out["hist_label"] = gather_windows(binary, ends, n_prior, k, out=into("hist_label", binary))
         out["prev_label"] = gather_windows(binary, ends, n_prior, 1)[:, 0]
     else:
         binary = spec.binary_index
@@ -151,7 +158,7 @@ def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None 
         out["hist_label"] = log.gather("labels", rows, valid)[..., binary]
         out["prev_label"] = log.gather("labels", last, last >= 0)[..., binary]
         out["last"] = last
-    return {name: np.asarray(v, dtype=ARRAYS[name].dtype) if name in ARRAYS else v for name, v in out.items()}
+    return {name: np.asanyarray(v, dtype=ARRAYS[name].dtype) if name in ARRAYS else v for name, v in out.items()}
 
 
 def user_layout(users: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:

@@ -143,6 +143,13 @@ def load(root: Path, name: str) -> np.ndarray:
     return np.load(Path(root) / f"{name}.npy")
 
 
+def compose_train(overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` (and its Hydra section)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
 def compose_with_output(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` like ``@hydra.main`` would, with its run dir at ``output_dir``."""
     GlobalHydra.instance().clear()

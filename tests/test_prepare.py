@@ -25,8 +25,9 @@ from data_prep.dataset import FORMAT_VERSION, load_fitted, read_manifest
 from data_prep.errors import WriteError
 from data_prep.fit import check_item_vocab
 from data_prep.options import PrepOptions
-from data_prep.prepare import prepare
+from data_prep.prepare import build_arrays, prepare
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
+from data_prep import sequences
 from data_prep.sequences import prior_bucket_expr
 from data_prep.split import time_cuts
 from mose.data.datasets import EventSplit
@@ -138,6 +139,35 @@ def test_history_padding_is_exactly_the_missing_past(arrays):
     np.testing.assert_array_equal(pad.sum(1), K - n_real)
     np.testing.assert_array_equal(pad, np.arange(K)[None, :] < (K - n_real)[:, None])  # left padding
     assert not arrays["hist_label"][pad].any()
+
+
+def test_gather_windows_in_blocks_into_a_given_array(monkeypatch):
+    """Blocks of any size fill ``out`` (a memory map of the output file, in prepare) exactly as one gather."""
+    rng = np.random.default_rng(0)
+    n_prior = np.concatenate([np.arange(n) for n in rng.integers(1, 9, size=40)])  # 40 users' runs
+    ends, k = np.arange(len(n_prior)), 5
+    values = rng.integers(1, 100, size=(len(n_prior), 2)).astype(np.int8)
+    whole = sequences.gather_windows(values, ends, n_prior, k)
+    for row, (e, m) in enumerate(zip(ends, n_prior)):  # by hand: the last k rows before e, left-padded
+        past = values[e - min(m, k):e]
+        assert whole[row].tolist() == [[0, 0]] * (k - len(past)) + past.tolist()
+    monkeypatch.setattr(sequences, "GATHER_BLOCK", 7)
+    out = np.full((len(ends), k, 2), -1, dtype=np.int8)
+    assert sequences.gather_windows(values, ends, n_prior, k, out=out) is out
+    np.testing.assert_array_equal(out, whole)
+
+
+def test_prepare_gathers_histories_into_the_output_files(events, spec, tmp_path, monkeypatch):
+    """The history arrays are written once, into memory maps of their files; np.save writes only the others."""
+    saved = []
+    real_save = np.save
+    monkeypatch.setattr(np, "save", lambda file, arr, *a, **kw: (saved.append(Path(file).stem),
+                                                                 real_save(file, arr, *a, **kw))[1])
+    out = prepare(events, spec, tmp_path / "ds", PREP)
+    assert "hist_item" not in saved and "hist_label" not in saved and "item" in saved
+    reference = build_arrays(events, spec, PREP)[0]
+    for name in ("hist_item", "hist_label"):
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), reference[name])
 
 
 def tie_events() -> pl.DataFrame:

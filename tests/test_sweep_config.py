@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from data_prep.paths import CONF_DIR
-
-
-def compose_train(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+from conftest import compose_train
 
 
 def test_optuna_search_composes():
