@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", action="store_true", help="also prepare 1e8 events partitioned (slow)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few steps (script check)")
     parser.add_argument("--out", default=str(ROOT / "docs/performance.md"))
-    parser.add_argument("--only", nargs="+", choices=["prep", "train", "peer"],
-                        help="re-run only these parts; the others come from bench/results/last_run.json")
+    parser.add_argument("--only", nargs="*", choices=["prep", "train", "peer"],
+                        help="re-run only these parts; the others come from bench/results/last_run.json "
+                             "(no part: only re-render the page from it)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.epochs, args.seeds = [1e4, 1e5], 1, [0]
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(args.threads)
     print(env, flush=True)
     last_path = ROOT / "bench/results/last_run.json"
-    parts = set(args.only or ["prep", "train", "peer"])
+    parts = set(["prep", "train", "peer"] if args.only is None else args.only)
     last = json.loads(last_path.read_text()) if parts != {"prep", "train", "peer"} else {}
     if last:
         print(f"re-running {sorted(parts)}; the other parts from {last_path}", flush=True)
@@ -118,8 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     print("[4/4] writing", args.out, flush=True)
     minutes = (time.perf_counter() - start) / 60 + sum(last.get("part_minutes", {}).get(k, 0) for k in
                                                        {"prep", "train", "peer"} - parts)
-    text = render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minutes)
-    if last:
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if not parts:  # a re-render: the run's own date, machine and duration
+        stamp = datetime.fromtimestamp(last_path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        env, minutes, date = last["env"], last["minutes"], last.get("date", stamp)
+    text = render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minutes, date)
+    if not parts:
+        text = text.replace("\nAbsolute numbers", "\nThe text around the tables was re-rendered from that run's "
+                            "results (`--only` without parts).\n\nAbsolute numbers", 1)
+    elif last:
         text = text.replace("\nAbsolute numbers", f"\nParts {sorted({'prep', 'train', 'peer'} - parts)} are from "
                             f"the previous run ({last.get('env', '?')}); {sorted(parts)} were re-run "
                             "(`--only`).\n\nAbsolute numbers", 1)
@@ -127,14 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     last_path.parent.mkdir(exist_ok=True)
     last_path.write_text(json.dumps(
         {"prep": prep, "prep_prof": prep_prof, "profile_n": profile_n, "sizes": args.sizes, "train": train,
-         "torch_prof": torch_prof, "peer": peer, "minutes": minutes, "env": env, "part_minutes": part_minutes},
+         "torch_prof": torch_prof, "peer": peer, "minutes": minutes, "env": env, "date": date, "part_minutes": part_minutes},
         indent=1, default=str))
     print(text)
     print(f"done in {minutes:.1f} min")
 
 
-def render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minutes) -> str:
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def render(args, env, prep, prep_prof, profile_n, train, torch_prof, peer, minutes, date: str) -> str:
     mem_1e7 = next((r for r in prep["results"] if r["mode"] == "memory" and r["n"] == max(
         int(s) for s in args.sizes)), None)
     lines = [
@@ -245,7 +252,7 @@ def findings(prep, train, peer, mem) -> list[str]:
     if mem:
         exp = prep["exponents"].get("memory")
         verdict = "holds" if mem["events_per_s"] >= 1e6 else "not met"
-        lines.append(f"- **Prep >= 1M events/s at 1e7, near-linear**: {verdict} - {mem['events_per_s']:,.0f} "
+        lines.append(f"- **Prep >= 1M events/s at {mem['n']:.0e}, near-linear**: {verdict} - {mem['events_per_s']:,.0f} "
                      f"events/s wall ({mem['n'] / mem['user_s']:,.0f} per user CPU-second; kernel time "
                      f"{mem['sys_s']:.1f} of {mem['seconds']:.1f} s), scaling exponent "
                      + (f"{exp:.2f}" if exp is not None else "n/a"))
@@ -338,9 +345,11 @@ Measured side by side (variants alternated in one session) on the 2-core AMD EPY
 
 - **Histories gathered straight into their files**: `gather_windows` fills memory maps of
   `hist_item.npy` / `hist_label.npy` (`data_prep.dataset.open_output`, 120 of the 243 bytes per event)
-  in blocks of 64k rows; `np.save` writes the other arrays. In-memory prep of 1e7 events, alternated:
-  21.3 / 21.9 s before, 18.8 / 15.4 s after; kernel CPU 15.9 / 14.8 -> 10.8 / 8.9 s. The files are
-  reserved with `posix_fallocate` first, so a full disk is an `error:` line, not a `SIGBUS`.
+  in blocks of 64k rows; `np.save` writes the other arrays. In-memory prep of 1e7 events, before and
+  after alternated over 6 rounds (fresh processes): median 21.6 -> 17.8 s wall (paired differences
+  0.1-8.6 s, all in favour), kernel CPU 15.6 -> 10.6 s; the same code varies 15-24 s between rounds on
+  this machine. The files are reserved with `posix_fallocate` first, so a full disk is an `error:`
+  line, not a `SIGBUS`.
 - **The optim recipe** (`conf/train.yaml`): the lr scaled linearly above `data.ref_batch`, reached
   over 5 warm-up steps; batches at or below `ref_batch` train as before. BatchNorm, sqrt scaling,
   larger or smaller embedding lrs and more epochs were measured against it (the sweep).
@@ -363,16 +372,24 @@ Measured side by side (variants alternated in one session) on the 2-core AMD EPY
   unchanged). What is left is fewer bytes: int32 for the other id arrays (user, item, cat, cohorts,
   pcode: 88 -> ~48 bytes per event, a change of the prepared format) and fewer Polars -> NumPy
   copies.
-- **Training vs torch-rechub** (target 3x at 512 and 2048, 1 and 2 threads): on this machine the
-  raw KuaiRand MMoE step (no Lightning, no loader) is 11.4 ms at batch 512 with 1 thread (45k
-  events/s) and 8.0 ms with 2; torch-rechub trains at 23.5k / 21-25k events/s, so 1 thread cannot
-  reach 3x even with Lightning and the loader at zero cost (~1.9x), and 2 threads could at most
-  reach ~2.9x. The step is the expert and tower matrix products at 42-71 GFLOP/s a core and
-  memory-bound passes over the `(B, 4, 128)` activations (ReLU forward / backward 0.4-0.6 ms each
-  at 512, a 1 MiB layout copy 0.44 ms); Lightning and the batch gathering add ~2.3 and ~0.9 ms of a
-  10.3 ms step at 512 with 2 threads. Our model also reads 113 input columns to the peer's 81 (the
-  user x item and history x item products). Fusing the elementwise passes into the matrix products
-  needs a compiler that pays off (torch.compile does not here) or custom kernels.
+- **Training vs torch-rechub** (target 3x at 512 and 2048, 1 and 2 threads): the step is bound by
+  this CPU's matrix-product throughput. A KuaiRand MMoE training step is 0.63 MFLOP per event
+  (`FlopCounterMode`, forward + backward; PLE 0.61); the fp32 `torch.mm` 2048x2048 peak here is 75-80
+  GFLOP/s with 1 thread and 117-150 with 2 (repeated; the GPU benchmark section, run on this CPU).
+  At 2048 mose trains at 73k events/s with 2 threads (46 GFLOP/s, 31-39% of the peak) and 44k with
+  1 (28 GFLOP/s, 35-37%); 3x torch-rechub would need 93k (58 GFLOP/s, 39-50%) and 77k (48 GFLOP/s,
+  60-65%). With 1 thread that is beyond the raw loop without Lightning or loader (54-67k at 2048,
+  45k at 512). With 2 threads the raw loop would reach it (95-103k at 2048, 21.2-21.5 ms a step);
+  through `pl.Trainer.fit` the step is 26.6-28.5 ms (median, same session): torch.profiler puts
+  3.1 ms a step in `Optimizer.step#AdamW.step`'s self time, the Python of Lightning's closure, hooks
+  and our `training_step` outside aten operators, and ~1 ms between steps in the DataLoader. Our
+  step: the expert and tower products at 42-71 GFLOP/s a core, memory-bound passes over the
+  `(B, 4, 128)` activations (ReLU forward / backward 0.4-0.6 ms each at 512, a 1 MiB layout copy
+  0.44 ms) and the history embedding's backward (`index_add_`, 2.4 ms at 2048). The peer runs at
+  ~11% of the peak (its 81-column input, ~0.52 MFLOP per event). Fusing the elementwise passes into
+  the products needs a compiler that pays off here (torch.compile does not, above) or custom
+  kernels; a leaner loop than Lightning's automatic optimization (manual optimization) would give up
+  `trainer.accumulate_grad_batches` and `gradient_clip_val`, which Lightning refuses there.
 - **Large batches** (docs/benchmarks/large_batch.md): at 8192 (15 optimizer steps on the 33k-event
   sample) no recipe measured keeps `like` and `is_follow` at the batch-512 level; more epochs do not
   either (12 epochs: lower). torch-rechub loses the same two tasks there.
