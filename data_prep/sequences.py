@@ -80,6 +80,8 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     values = np.ascontiguousarray(values)
     n, rest = len(values), values.shape[1:]
     out = np.empty((len(ends), length, *rest), dtype=values.dtype) if out is None else out
+    if not out.flags.c_contiguous:  # filled through a reshaped view of it
+        raise ValueError("gather_windows: out must be C-contiguous")
     if 0 in rest or not len(ends):  # rows without columns (hist_label of a run without binary tasks): nothing to do
         return out
     nbytes = values.itemsize * int(np.prod(rest, dtype=np.int64))
