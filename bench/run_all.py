@@ -355,10 +355,14 @@ Measured side by side (variants alternated in one session) on the 2-core AMD EPY
   larger or smaller embedding lrs and more epochs were measured against it (the sweep).
 - **Rejected for the training step** (KuaiRand MMoE, 1 thread): the first expert layer computed
   transposed so the second needs no layout copy: expert stack forward + backward 4.65 -> 6.17 ms at
-  512, 18.0 -> 24.8 ms at 2048; `torch.compile(model)`: 26 s for the first step, then 41.3 ms a step
-  against 30.5 ms eager at 2048; the input width padded from 113 to 112 / 128 columns: the first
+  512, 18.0 -> 24.8 ms at 2048; `torch.compile(model)`: 26 s for the first step with a cold cache,
+  3.4 s with the inductor cache of an earlier run, then 58.5 ms a step against 43.7 ms eager at 2048
+  (alternated in one process); the input width padded from 113 to 112 / 128 columns: the first
   layer 2.83 -> 2.48 / 3.04 ms at 512, within 5% at 2048; glibc `mallopt` (mmap threshold 32 MiB,
-  trim 1 GiB): minor faults per 40 steps 20-33k -> 2.5-4k, step time unchanged within the run's noise.
+  trim 1 GiB): minor faults per 40 steps 20-33k -> 2.5-4k, step time unchanged within the run's noise;
+  the history pool as `F.embedding_bag(mode="mean")` (one fused gather + mean, dense or sparse
+  gradients for a sparse optimizer) instead of `index_select` + masked mean: forward + backward
+  0.78 -> 1.53 / 1.15 ms at 512, 4.12 -> 4.95 / 5.11 ms at 2048.
 
 ## What holds the rest back (profiler numbers)
 
@@ -372,24 +376,24 @@ Measured side by side (variants alternated in one session) on the 2-core AMD EPY
   unchanged). What is left is fewer bytes: int32 for the other id arrays (user, item, cat, cohorts,
   pcode: 88 -> ~48 bytes per event, a change of the prepared format) and fewer Polars -> NumPy
   copies.
-- **Training vs torch-rechub** (target 3x at 512 and 2048, 1 and 2 threads): the step is bound by
-  this CPU's matrix-product throughput. A KuaiRand MMoE training step is 0.63 MFLOP per event
-  (`FlopCounterMode`, forward + backward; PLE 0.61); the fp32 `torch.mm` 2048x2048 peak here is 75-80
-  GFLOP/s with 1 thread and 117-150 with 2 (repeated; the GPU benchmark section, run on this CPU).
-  At 2048 mose trains at 73k events/s with 2 threads (46 GFLOP/s, 31-39% of the peak) and 44k with
-  1 (28 GFLOP/s, 35-37%); 3x torch-rechub would need 93k (58 GFLOP/s, 39-50%) and 77k (48 GFLOP/s,
-  60-65%). With 1 thread that is beyond the raw loop without Lightning or loader (54-67k at 2048,
-  45k at 512). With 2 threads the raw loop would reach it (95-103k at 2048, 21.2-21.5 ms a step);
-  through `pl.Trainer.fit` the step is 26.6-28.5 ms (median, same session): torch.profiler puts
-  3.1 ms a step in `Optimizer.step#AdamW.step`'s self time, the Python of Lightning's closure, hooks
-  and our `training_step` outside aten operators, and ~1 ms between steps in the DataLoader. Our
-  step: the expert and tower products at 42-71 GFLOP/s a core, memory-bound passes over the
-  `(B, 4, 128)` activations (ReLU forward / backward 0.4-0.6 ms each at 512, a 1 MiB layout copy
-  0.44 ms) and the history embedding's backward (`index_add_`, 2.4 ms at 2048). The peer runs at
-  ~11% of the peak (its 81-column input, ~0.52 MFLOP per event). Fusing the elementwise passes into
-  the products needs a compiler that pays off here (torch.compile does not, above) or custom
-  kernels; a leaner loop than Lightning's automatic optimization (manual optimization) would give up
-  `trainer.accumulate_grad_batches` and `gradient_clip_val`, which Lightning refuses there.
+- **Training vs torch-rechub** (target 3x at 512 and 2048, 1 and 2 threads): the step itself is
+  too slow on this CPU, not what surrounds it. `pl.Trainer.fit` against a raw loop of the same
+  module (loss, backward, fused AdamW, batches gathered from the same split), alternated in one
+  process: an epoch takes 1.04x / 1.16x the raw loop's at 2048 / 512 with 2 threads and 1.14x /
+  1.09x with 1 (medians of 3-5 rounds), so with Lightning and the loader at zero cost the ratios
+  above would be at most 2.0-2.7x. A KuaiRand MMoE step is 0.63 MFLOP per event (`FlopCounterMode`,
+  forward + backward; PLE 0.61) against a fp32 `torch.mm` 2048x2048 peak of 75-80 GFLOP/s with 1
+  thread and 117-150 with 2 (repeated minutes apart; the CPU run of the GPU benchmark below the
+  peer section); at 2048 mose trains at 73k events/s with 2 threads (46 GFLOP/s, 31-39% of the peak)
+  and 44k with 1 (28 GFLOP/s, 35-37%), where 3x the peer needs 58 and 48 GFLOP/s (39-50% and
+  60-65%). The peer runs at ~11% of the peak (its 81-column input, ~0.52 MFLOP per event). Inside
+  our step (torch.profiler): the expert and tower products at 42-71 GFLOP/s a core, memory-bound
+  passes over the `(B, 4, 128)` activations (ReLU forward / backward 0.4-0.6 ms each at 512, a 1 MiB
+  layout copy 0.44 ms) and the history embedding's backward (`index_add_`, 2.4 ms at 2048).
+  Fusing the elementwise passes into the products needs a compiler that pays off here
+  (torch.compile does not, above) or custom kernels. This machine's speed also drifts: the same raw
+  step took 21 ms and 34 ms at 2048 (2 threads) half an hour apart, which is why only ratios
+  measured side by side are compared.
 - **Large batches** (docs/benchmarks/large_batch.md): at 8192 (15 optimizer steps on the 33k-event
   sample) no recipe measured keeps `like` and `is_follow` at the batch-512 level; more epochs do not
   either (12 epochs: lower). torch-rechub loses the same two tasks there.
