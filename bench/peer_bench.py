@@ -212,7 +212,7 @@ def speed_table(res: dict) -> list[str]:
              "| rechub train events/s (data wait) | ratio | mose inference events/s | rechub inference events/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, batch, threads), rows in groups(res, lambda r: (r["model"], r["batch"], r["threads"])).items():
-        med = lambda side, key: statistics.median(r[side][key] for r in rows)
+        med = lambda side, key, rows=rows: statistics.median(r[side][key] for r in rows)
         ratio = med("ours", "events_per_s") / med("peer", "events_per_s")
         lines.append(f"| {name} | {batch} | {threads} | {len(rows)} | {rows[0]['ours']['lr_used']:.3g} | "
                      f"{med('ours', 'events_per_s'):,.0f} ({100 * med('ours', 'data_share'):.0f}%) | "

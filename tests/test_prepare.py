@@ -148,7 +148,7 @@ def test_gather_windows_in_blocks_into_a_given_array(monkeypatch):
     ends, k = np.arange(len(n_prior)), 5
     values = rng.integers(1, 100, size=(len(n_prior), 2)).astype(np.int8)
     whole = sequences.gather_windows(values, ends, n_prior, k)
-    for row, (e, m) in enumerate(zip(ends, n_prior)):  # by hand: the last k rows before e, left-padded
+    for row, (e, m) in enumerate(zip(ends, n_prior, strict=True)):  # by hand: the last k rows before e, left-padded
         past = values[e - min(m, k):e]
         assert whole[row].tolist() == [[0, 0]] * (k - len(past)) + past.tolist()
     monkeypatch.setattr(sequences, "GATHER_BLOCK", 7)
