@@ -17,8 +17,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data_prep.dataset import (checksum, config_hash, load_fitted, manifest_fields, new_temp, open_output, write_dataset,
-                               writing)
+from data_prep.dataset import (
+    checksum,
+    config_hash,
+    load_fitted,
+    manifest_fields,
+    new_temp,
+    open_output,
+    write_dataset,
+    writing,
+)
 from data_prep.fit import FittedState, fit
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate

@@ -239,6 +239,8 @@ class MultiTaskModule(pl.LightningModule):
         self.log_dict({f"train/{t}/weight": task_weights[i] for i, t in enumerate(self.tasks)}, batch_size=size)
         if "loss" in aux:
             self.log("train/aux_loss", aux["loss"], batch_size=size)
+        # the lr of this step, as the recipe scaled and warmed it up (mose/optim.py)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -87,7 +87,7 @@ def test_gated_run_writes_diagnostics_and_trains_with_pcgrad(events_parquet, tmp
     assert "test_gates/click/entropy" in scalars and "test/click/auc" in scalars  # gates: their own top level
     assert "test_cohort/user_group=a/click/auc" in scalars
     assert not [t for t in scalars if "/gates/" in t or t.startswith(("test/cohort", "test_gates/cohort"))], scalars
-    assert "train/click/weight" in acc.Tags()["scalars"]
+    assert "train/click/weight" in acc.Tags()["scalars"] and "train/lr" in acc.Tags()["scalars"]
 
 
 def _fake_run(root, name, model, seed, test, rho=None):
