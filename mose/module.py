@@ -239,8 +239,10 @@ class MultiTaskModule(pl.LightningModule):
         self.log_dict({f"train/{t}/weight": task_weights[i] for i, t in enumerate(self.tasks)}, batch_size=size)
         if "loss" in aux:
             self.log("train/aux_loss", aux["loss"], batch_size=size)
-        # the lr of this step, as the recipe scaled and warmed it up (mose/optim.py)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        try:  # the lr of this step, as the recipe scaled and warmed it up (mose/optim.py)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
+        except (RuntimeError, IndexError):  # not attached to a trainer, or no optimizer: nothing to log
+            pass
         return loss
 
     def on_train_epoch_end(self) -> None:
