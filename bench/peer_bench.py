@@ -191,6 +191,12 @@ def groups(res: dict, key) -> dict:
     return out
 
 
+def quality_runs(res: dict) -> dict:
+    """The every-seed runs (``threads[0]``, the ones AUC is read from) by ``(model, batch)``."""
+    return groups({"runs": [r for r in res["runs"] if r["threads"] == res["threads"][0]]},
+                  lambda r: (r["model"], r["batch"]))
+
+
 def aucs(rows: list[dict], side: str, task: str) -> list[float]:
     return [r[side]["test_auc"].get(task, float("nan")) for r in rows]
 
@@ -224,8 +230,7 @@ def speed_table(res: dict) -> list[str]:
 
 def auc_table(res: dict) -> list[str]:
     """Test AUC per task of both sides at each batch (``threads[0]`` runs, every seed), mean ± half-range."""
-    runs = groups({"runs": [r for r in res["runs"] if r["threads"] == res["threads"][0]]},
-                  lambda r: (r["model"], r["batch"]))
+    runs = quality_runs(res)
     batches = sorted({b for _, b in runs})
     lines = ["| model | task | " + " | ".join(f"mose @ {b} | rechub @ {b}" for b in batches) + " |",
              "|---|---|" + "---|---|" * len(batches)]

@@ -272,8 +272,7 @@ def findings(prep, train, peer, mem) -> list[str]:
             r["peer"]["events_per_s"] for r in rows)
         lines.append(f"- **{name} @ {batch}, {threads} thread(s): >= 3x torch-rechub's training events/s**: "
                      f"{'holds' if ratio >= 3 else 'not met'} ({ratio:.2f}x)")
-    quality = peer_bench.groups({"runs": [r for r in peer["runs"] if r["threads"] == peer["threads"][0]]},
-                                lambda r: (r["model"], r["batch"]))
+    quality = peer_bench.quality_runs(peer)
     for (name, batch), rows in quality.items():
         base = quality.get((name, min(b for m, b in quality if m == name)))
         if rows is base:
