@@ -179,8 +179,11 @@ def run(models: list[str], epochs: int = 3, seeds: list[int] | None = None, thre
                      for batch in batches for seed in seeds]
             runs += [pair(name, tmp, batch, seeds[0], t, epochs, overrides or [])
                      for t in threads[1:] for batch in speed_batches]
-    return {"venv": venv, "runs": runs, "epochs": epochs, "seeds": seeds, "threads": threads,
-            "overrides": overrides or []}
+        # the trivial baseline beside the models: item popularity (counts; its AUC depends on no batch or seed)
+        baseline = run_child([__file__, "--child-ours", "popularity", "--data-dir", tmp, "--epochs", "1",
+                              "--seed", str(seeds[0]), "--threads", str(threads[0]), "--", *(overrides or [])])
+    return {"venv": venv, "runs": runs, "baseline": baseline["test_auc"], "epochs": epochs, "seeds": seeds,
+            "threads": threads, "overrides": overrides or []}
 
 
 def groups(res: dict, key) -> dict:
@@ -229,7 +232,8 @@ def speed_table(res: dict) -> list[str]:
 
 
 def auc_table(res: dict) -> list[str]:
-    """Test AUC per task of both sides at each batch (``threads[0]`` runs, every seed), mean ± half-range."""
+    """Test AUC per task of both sides at each batch (``threads[0]`` runs, every seed), mean ± half-range; then
+    item popularity's (``model=popularity``), the trivial baseline."""
     runs = quality_runs(res)
     batches = sorted({b for _, b in runs})
     lines = ["| model | task | " + " | ".join(f"mose @ {b} | rechub @ {b}" for b in batches) + " |",
@@ -239,6 +243,8 @@ def auc_table(res: dict) -> list[str]:
             cells = [f"{spread(aucs(runs[(name, b)], 'ours', task))} | {spread(aucs(runs[(name, b)], 'peer', task))}"
                      for b in batches]
             lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    for task, auc in res.get("baseline", {}).items():  # model=popularity, the same at every batch and seed
+        lines.append(f"| popularity | {task} | " + " | ".join(f"{auc:.4f} | -" for _ in batches) + " |")
     return lines
 
 

@@ -40,6 +40,8 @@ def test_tables_group_by_model_batch_and_threads():
     assert auc[0] == "| model | task | mose @ 512 | rechub @ 512 | mose @ 2048 | rechub @ 2048 |"
     assert auc[2] == "| mmoe | click | 0.7100 ± 0.0100 | 0.6900 ± 0.0000 | 0.6000 ± 0.0000 | 0.7100 ± 0.0000 |"
     assert "| mmoe | 2048 |" in "\n".join(peer_bench.table(res))
+    res["baseline"] = {"click": 0.55}
+    assert peer_bench.auc_table(res)[-1] == "| popularity | click | 0.5500 | - | 0.5500 | - |"
 
 
 def test_run_all_targets_read_the_runs():
