@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from data_prep.fit import FIT_VERSION, FittedState
+from data_prep.npy_writer import save
 from data_prep.schema import SchemaError, event_columns
 from data_prep.sequences import N_PRIOR_BUCKETS
 from data_prep.split import SPLITS
@@ -129,17 +130,18 @@ def writing(out_dir: Path, tmp: Path):
 
 
 def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict, fitted: FittedState,
-                  users: pl.Series, tmp: Path | None = None) -> Path:
+                  users: pl.Series, tmp: Path | None = None, written: set[str] = frozenset()) -> Path:
     """Write arrays, fitted state and manifest to a temp folder beside ``out_dir``, then swap it in.
 
-    ``tmp``: that folder (:func:`new_temp`) when some arrays already are :func:`open_output` maps in it (left to
-    the page cache like ``np.save``'s writes, not copied)."""
+    Arrays are written around the page cache (:func:`data_prep.npy_writer.save`). ``tmp``: that folder
+    (:func:`new_temp`) when the arrays named in ``written`` are in it already
+    (:class:`data_prep.npy_writer.OutputArrays`)."""
     out_dir = Path(out_dir)
     tmp = tmp or new_temp(out_dir)
     with writing(out_dir, tmp):
         for name, arr in arrays.items():
-            if not (isinstance(arr, np.memmap) and Path(arr.filename) == (tmp / f"{name}.npy").resolve()):
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+            if name not in written:
+                save(tmp / f"{name}.npy", arr)
         return finish_dataset(tmp, out_dir, manifest, fitted, users)
 
 

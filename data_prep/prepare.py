@@ -11,7 +11,6 @@ model trained on the fitted dataset scores every event of the later log (``mose-
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +22,25 @@ from data_prep.dataset import (
     load_fitted,
     manifest_fields,
     new_temp,
-    open_output,
     write_dataset,
     writing,
 )
 from data_prep.fit import FittedState, fit
+from data_prep.npy_writer import OutputArrays
 from data_prep.options import PrepOptions
 from data_prep.schema import TS, USER, EventSpec, validate
 from data_prep.split import N_CODES, SplitOptions, check_splits, label_ranges, split_assignment
-from data_prep.transform import Allocator, log_frame, stream_arrays, transform, user_layout
+from data_prep.transform import log_frame, stream_arrays, transform, user_layout
 from data_prep.vocab import unknown_shares
 
 
 def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fit_from: str | Path | None = None,
-                 split: SplitOptions | None = None, alloc: Allocator | None = None
+                 split: SplitOptions | None = None, output: OutputArrays | None = None
                  ) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
     """Every array of the dataset, its fitted state (fitted here on the train split of ``split``, default by
     time, or read from the prepared folder ``fit_from``), the user id of each ``user_key``, and the manifest
-    fields. ``alloc``: where :func:`transform` gathers the histories (default fresh memory)."""
+    fields. ``output``: where the arrays are written as they are made (the histories gathered into their
+    files), else they are only returned."""
     validate(events, spec)
     split = split or SplitOptions()
     fitted = load_fitted(fit_from) if fit_from is not None else None
@@ -54,9 +54,13 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
         cuts, frame = (first, first), log_frame(events, None)
     check_splits(label_ranges(frame, spec), spec, split if fit_from is None else None, options.val_frac,
                  options.test_frac)
-    arrays = transform(frame, fitted, alloc=alloc)
+    arrays = transform(frame, fitted, alloc=output.writer if output else None)
+    if output:
+        output.save(arrays)
     user_key, offsets, users = user_layout(frame[USER])
     arrays |= {"user_key": user_key, "user_offsets": offsets, **stream_arrays(offsets, fitted)}
+    if output:
+        output.save(arrays)
     fields = manifest_fields(fitted, n_events=frame.height, split_counts=np.bincount(arrays["split"], minlength=N_CODES),
                              cuts=cuts, n_user_keys=len(users), fit_from=None if fit_from is None else str(fit_from),
                              unknown=unknown_shares(arrays["user"], arrays["item"], arrays["split"]))
@@ -73,9 +77,10 @@ def prepare(events: pl.DataFrame, spec: EventSpec, out_dir: str | Path, options:
     """
     out_dir = Path(out_dir)
     tmp = new_temp(out_dir)
-    with writing(out_dir, tmp):  # the histories are gathered straight into their output files
+    with writing(out_dir, tmp), OutputArrays(tmp) as output:  # each array written as soon as it is made
         arrays, fitted, users, fields = build_arrays(events, spec, options or PrepOptions(), fit_from, split,
-                                                     alloc=functools.partial(open_output, tmp))
-    manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
-                "config_hash": config_hash(config or {})}
-    return write_dataset(out_dir, arrays, manifest, fitted, users, tmp)
+                                                     output)
+        manifest = {**fields, "source_checksum": checksum(events), "config": config or {},
+                    "config_hash": config_hash(config or {})}
+        written = output.finish()
+    return write_dataset(out_dir, arrays, manifest, fitted, users, tmp, written)

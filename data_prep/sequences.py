@@ -32,9 +32,14 @@ def prior_bucket_expr() -> pl.Expr:
     return log2_bucket(pl.col("n_prior")).alias("prior_bucket")
 
 
+def run_ids(users: pl.Series) -> np.ndarray:
+    """For a column sorted so that equal values are adjacent: each row's run number ``(N,)`` int64."""
+    return users.rle_id().to_numpy().astype(np.int64)
+
+
 def user_runs(users: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """For a column sorted so that equal values are adjacent: each row's run number and its run's first row, ``(N,)`` each."""
-    run = users.rle_id().to_numpy().astype(np.int64)
+    run = run_ids(users)
     first = np.flatnonzero(np.diff(run, prepend=-1) != 0)
     return run, first[run].astype(np.int64)
 
@@ -47,8 +52,14 @@ def sort_events(events: pl.DataFrame) -> pl.DataFrame:
     ``_row`` must be in ``_row`` order (a partition of the log is).
     """
     df = events if "_row" in events.columns else events.with_row_index("_row")
-    if df.schema[USER].is_integer() and df.schema[TS].is_integer():
-        order = np.lexsort((df[TS].to_numpy(), df[USER].to_numpy()))  # stable: ties keep row order
+    if df.schema[USER].is_integer() and df.schema[TS].is_integer() and df.height:
+        user, ts = df[USER].to_numpy(), df[TS].to_numpy()
+        u0, t0 = int(user.min()), int(ts.min())
+        span = int(ts.max()) - t0 + 1
+        if (int(user.max()) - u0 + 1) * span < 2**63:  # one int64 key (user, ts): a stable argsort of it
+            order = np.argsort((user - u0) * span + (ts - t0), kind="stable")  # ~1.5x faster than the lexsort
+        else:
+            order = np.lexsort((ts, user))  # stable: ties keep row order
         return df[order]
     return df.sort([USER, TS, "_row"])
 
@@ -70,19 +81,21 @@ def prior_rows(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, length: int, pad=PAD,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out=None) -> np.ndarray:
     """The last ``length`` rows of ``values`` before each ``ends``, oldest first: ``(N, ...) -> (N, length, ...)``.
 
     Slots before the user's first event (``n_prior`` < ``length``) hold ``pad``. Rows of a sliding-window
-    view gathered in blocks (each row a contiguous copy), not an ``(N, length)`` index array. ``out``: the
-    ``(N, length, ...)`` array to fill (e.g. the output file's memory map), else a new one.
+    view gathered in blocks of :data:`GATHER_BLOCK` events (each row a contiguous copy), not an ``(N, length)``
+    index array. ``out``: the ``(N, length, ...)`` array to fill, or a writer whose ``write(block)`` appends
+    the blocks in order (:class:`data_prep.npy_writer.NpyWriter`: the output file); default a new array.
+    Returns ``out`` (the new array).
     """
     values = np.ascontiguousarray(values)
     n, rest = len(values), values.shape[1:]
     out = np.empty((len(ends), length, *rest), dtype=values.dtype) if out is None else out
-    if not out.flags.c_contiguous:  # filled through a reshaped view of it
-        raise ValueError("gather_windows: out must be C-contiguous")
-    if 0 in rest or not len(ends):  # rows without columns (hist_label of a run without binary tasks): nothing to do
+    if 0 in rest or not len(ends):  # rows without columns (hist_label of a run without binary tasks): no bytes
+        if hasattr(out, "write"):
+            out.write(np.empty((len(ends), length, *rest), dtype=values.dtype))
         return out
     nbytes = values.itemsize * int(np.prod(rest, dtype=np.int64))
     row = np.dtype(f"u{nbytes}") if nbytes in (1, 2, 4, 8) else np.dtype((np.void, nbytes))  # a row as one item
@@ -90,16 +103,22 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, n_prior: np.ndarray, le
     ext[:length], ext[length:] = pad, values
     flat = ext.reshape(n + length, -1).view(row).reshape(n + length)
     windows = np.lib.stride_tricks.sliding_window_view(flat, length)
-    dest = out.reshape(len(ends), -1).view(row)  # (N, length) rows as items
+    slots = np.arange(length)[None, :]
     # fancy indexing reads the strided window view in place (np.take would first copy the whole (N + length,
-    # length) view); blocks of GATHER_BLOCK rows keep the temporary in cache and out of fresh memory
+    # length) view); blocks keep the temporary in cache and out of fresh memory
     for start in range(0, len(ends), GATHER_BLOCK):
-        dest[start:start + GATHER_BLOCK] = windows[ends[start:start + GATHER_BLOCK]]
-    short = np.flatnonzero(n_prior < length)  # only the first `length` events of each user need padding
-    if len(short):
-        sub = dest[short]
-        sub[np.arange(length)[None, :] < (length - n_prior[short])[:, None]] = flat[0]
-        dest[short] = sub
+        block = windows[ends[start:start + GATHER_BLOCK]]  # (n, length) rows as items
+        prior = n_prior[start:start + GATHER_BLOCK]
+        short = np.flatnonzero(prior < length)  # only the first `length` events of each user need padding
+        if len(short):
+            sub = block[short]
+            sub[slots < (length - prior[short])[:, None]] = flat[0]
+            block[short] = sub
+        block = block.view(values.dtype).reshape(len(block), length, *rest)
+        if hasattr(out, "write"):
+            out.write(block)
+        else:
+            out[start:start + len(block)] = block
     return out
 
 

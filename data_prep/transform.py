@@ -29,15 +29,17 @@ from data_prep.sequences import (
     prior_rows,
     sort_events,
     stream_chunks,
-    user_runs,
+    run_ids,
 )
 from data_prep.split import TEST, TRAIN, downsample_new_users, split_expr
 from data_prep.vocab import NO_COHORT, OOV, UNSEEN, encode
 
 if TYPE_CHECKING:
     from data_prep.history import HistoryLog
+    from data_prep.npy_writer import NpyWriter
 
-Allocator = Callable[[str, tuple, np.dtype], np.ndarray]  # (array name, shape, dtype) -> the array to fill
+# (array name, shape, dtype) -> the array to fill, or a writer appending its rows to the output file (NpyWriter)
+Allocator = Callable[[str, tuple, np.dtype], "np.ndarray | NpyWriter"]
 
 
 def log_frame(events: pl.DataFrame, split: tuple[int, int] | pl.Expr | None, options: PrepOptions | None = None
@@ -89,8 +91,11 @@ def cohort_codes(events: pl.DataFrame, n_prior: np.ndarray, fitted: FittedState,
         # a cohort column the candidates do not carry (metrics only) reads as null
         values = events[col].cast(pl.String) if col in events.columns else pl.repeat(None, len(n_prior), dtype=pl.String,
                                                                                       eager=True)
-        codes.append(values.fill_null(UNKNOWN).replace_strict(names, list(range(len(names))), default=NO_COHORT,
-                                           return_dtype=pl.Int64).to_numpy())
+        code = values.replace_strict(names, list(range(len(names))), default=NO_COHORT, return_dtype=pl.Int64)
+        if values.null_count():  # nulls are the value UNKNOWN (its code, the strings left as they are)
+            code = code.to_frame("c").select(pl.when(values.is_null()).then(
+                names.index(UNKNOWN) if UNKNOWN in names else NO_COHORT).otherwise(pl.col("c"))).to_series()
+        codes.append(code.to_numpy())
     return np.stack(codes, axis=1) if codes else np.zeros((len(n_prior), 0), dtype=np.int64)
 
 
@@ -120,7 +125,8 @@ def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None 
     labels are 0 where absent) and histories are the ``log``'s events strictly before each ``ts``;
     the result then also has ``last`` ``(N,)``, the log row of the latest of them (-1 if none).
     ``alloc(name, shape, dtype)``: where the history arrays (the largest, ``(N, K)`` and ``(N, K, L)``) are
-    gathered, e.g. :func:`data_prep.dataset.open_output` maps of the output files; default fresh memory.
+    gathered: an array to fill, or a :class:`data_prep.npy_writer.NpyWriter` of the output file (returned as
+    it is, for the caller to close); default fresh memory.
     """
     spec, options = fitted.spec, fitted.options
     n, k = events.height, options.history_len
@@ -158,13 +164,14 @@ def transform(events: pl.DataFrame, fitted: FittedState, log: HistoryLog | None 
         out["hist_label"] = log.gather("labels", rows, valid)[..., binary]
         out["prev_label"] = log.gather("labels", last, last >= 0)[..., binary]
         out["last"] = last
-    return {name: np.asanyarray(v, dtype=ARRAYS[name].dtype) if name in ARRAYS else v for name, v in out.items()}
+    return {name: np.asanyarray(v, dtype=ARRAYS[name].dtype) if name in ARRAYS and not hasattr(v, "write") else v
+            for name, v in out.items()}
 
 
 def user_layout(users: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
     """Of a sorted log's user column: ``user_key (N,)`` (dense, in id order), ``user_offsets (U + 1,)`` and the
     user id of each key ``(U,)`` (``users.parquet``)."""
-    key, _ = user_runs(users)
+    key = run_ids(users)
     offsets = np.append(np.flatnonzero(np.diff(key, prepend=-1) != 0), len(key)).astype(np.int64)
     return key, offsets, users.gather(offsets[:-1])
 

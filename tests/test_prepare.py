@@ -27,7 +27,8 @@ from data_prep.fit import check_item_vocab
 from data_prep.options import PrepOptions
 from data_prep.prepare import build_arrays, prepare
 from data_prep.schema import EventSpec, SchemaError, TaskSpec
-from data_prep import sequences
+from data_prep import npy_writer, sequences
+from data_prep.npy_writer import NpyWriter
 from data_prep.sequences import prior_bucket_expr
 from data_prep.split import time_cuts
 from mose.data.datasets import EventSplit
@@ -141,8 +142,8 @@ def test_history_padding_is_exactly_the_missing_past(arrays):
     assert not arrays["hist_label"][pad].any()
 
 
-def test_gather_windows_in_blocks_into_a_given_array(monkeypatch):
-    """Blocks of any size fill ``out`` (a memory map of the output file, in prepare) exactly as one gather."""
+def test_gather_windows_in_blocks_into_a_given_array_or_file(monkeypatch, tmp_path):
+    """Blocks of any size fill ``out`` (an array, or the output file's writer, in prepare) exactly as one gather."""
     rng = np.random.default_rng(0)
     n_prior = np.concatenate([np.arange(n) for n in rng.integers(1, 9, size=40)])  # 40 users' runs
     ends, k = np.arange(len(n_prior)), 5
@@ -155,19 +156,27 @@ def test_gather_windows_in_blocks_into_a_given_array(monkeypatch):
     out = np.full((len(ends), k, 2), -1, dtype=np.int8)
     assert sequences.gather_windows(values, ends, n_prior, k, out=out) is out
     np.testing.assert_array_equal(out, whole)
+    with NpyWriter(tmp_path / "h.npy", whole.shape, whole.dtype) as w:
+        sequences.gather_windows(values, ends, n_prior, k, out=w)
+    np.testing.assert_array_equal(np.load(tmp_path / "h.npy"), whole)
 
 
-def test_prepare_gathers_histories_into_the_output_files(events, spec, tmp_path, monkeypatch):
-    """The history arrays are written once, into memory maps of their files; np.save writes only the others."""
-    saved = []
-    real_save = np.save
-    monkeypatch.setattr(np, "save", lambda file, arr, *a, **kw: (saved.append(Path(file).stem),
-                                                                 real_save(file, arr, *a, **kw))[1])
+def test_prepare_writes_each_array_once_the_histories_block_by_block(events, spec, tmp_path, monkeypatch):
+    """The history arrays are appended to their files in blocks (never whole in memory); every other array is
+    saved once, as soon as it is made; the files equal the arrays ``build_arrays`` returns."""
+    blocks, saved = [], []
+    real_write, real_save = NpyWriter.write, npy_writer.save
+    monkeypatch.setattr(NpyWriter, "write", lambda self, b: (blocks.append((self.path.stem, len(b))),
+                                                             real_write(self, b))[1])
+    monkeypatch.setattr(npy_writer, "save", lambda path, arr: (saved.append(Path(path).stem), real_save(path, arr))[1])
+    monkeypatch.setattr(sequences, "GATHER_BLOCK", 50)
     out = prepare(events, spec, tmp_path / "ds", PREP)
-    assert "hist_item" not in saved and "hist_label" not in saved and "item" in saved
     reference = build_arrays(events, spec, PREP)[0]
-    for name in ("hist_item", "hist_label"):
-        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), reference[name])
+    hist = [(name, n) for name, n in blocks if name in ("hist_item", "hist_label")]
+    assert {name for name, _ in hist} == {"hist_item", "hist_label"} and max(n for _, n in hist) <= 50
+    assert sorted(saved) == sorted(set(reference) - {"hist_item", "hist_label"})  # each once
+    for name, arr in reference.items():
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), arr)
 
 
 def tie_events() -> pl.DataFrame:
@@ -420,19 +429,19 @@ def test_write_is_atomic(events, spec, tmp_path, monkeypatch):
     prepare(events, spec, out, PREP, config={"v": 1})
     before = _contents(out)
 
-    real_save = np.save
+    real_save = npy_writer.save
     calls = []
 
-    def failing_save(file, arr, *args, **kwargs):
+    def failing_save(file, arr):
         calls.append(file)
         if len(calls) == 4:
             raise OSError("disk full (simulated)")
-        return real_save(file, arr, *args, **kwargs)
+        return real_save(file, arr)
 
-    monkeypatch.setattr(np, "save", failing_save)
+    monkeypatch.setattr(npy_writer, "save", failing_save)
     with pytest.raises(WriteError, match=r"cannot write .*ds \(prepared dataset\): disk full \(simulated\)"):
         prepare(events, spec, out, replace(PREP, history_len=7), config={"v": 2})
-    assert len(calls) == 4 and Path(calls[0]).parent != out  # it was writing elsewhere
+    assert len(calls) >= 4 and Path(calls[0]).parent != out  # it was writing elsewhere
     monkeypatch.undo()
 
     assert _contents(out) == before
