@@ -342,13 +342,19 @@ medians) or as CPU time, mostly with one core busy with other jobs (1 torch thre
 Measured side by side (variants alternated in one session) on the 2-core AMD EPYC machine of
 2026-12-01; the sweep behind the recipe is docs/benchmarks/large_batch.md.
 
-- **Histories gathered straight into their files**: `gather_windows` fills memory maps of
-  `hist_item.npy` / `hist_label.npy` (`data_prep.dataset.open_output`, 120 of the 243 bytes per event)
-  in blocks of 64k rows; `np.save` writes the other arrays. In-memory prep of 1e7 events, before and
-  after alternated over 6 rounds (fresh processes): median 21.6 -> 17.8 s wall (paired differences
-  0.1-8.6 s, all in favour), kernel CPU 15.6 -> 10.6 s; the same code varies 15-24 s between rounds on
-  this machine. The files are reserved with `posix_fallocate` first, so a full disk is an `error:`
-  line, not a `SIGBUS`.
+- **Writes around the page cache** (`data_prep/npy_writer.py`): every array of the in-memory prep is
+  written with `O_DIRECT` from a reused, page-aligned staging buffer (two of them: a background thread
+  writes one while the prep fills the other), so the kernel allocates no page-cache pages for the 2.5 GB
+  of output; the histories are appended block by block as `gather_windows` makes them, every other
+  array is saved in the background as soon as `transform` returns it, while the user layout, the stream
+  chunks and the checksum are computed. A file system without `O_DIRECT` gets the same bytes through
+  ordinary writes. Also: the `(user, ts)` sort as one stable `argsort` of a single int64 key (0.61 vs
+  0.91 s for the lexsort at 1e7), string cohorts coded without copying the strings. In-memory prep of
+  1e7 events, the commit before (ff859b9) and after alternated over 3 rounds in fresh processes
+  (`prep_bench.py --child memory`): median 20.4 -> 13.2 s wall (19.5-22.4 -> 13.0-13.8), kernel CPU
+  14.3 -> 7.0 s, peak RSS 4.34 -> 3.25 GiB. One 1.2 GB array: `np.save` 3.5-4.0 s of kernel CPU, the
+  `O_DIRECT` writer 0.9-1.3 s wall with the CPU idle. (Before that, the histories were gathered into
+  memory maps of their files: 21.6 -> 17.8 s over 6 rounds.)
 - **The optim recipe** (`conf/train.yaml`): the lr scaled linearly above `data.ref_batch`, reached
   over 5 warm-up steps; batches at or below `ref_batch` train as before. BatchNorm, sqrt scaling,
   larger or smaller embedding lrs and more epochs were measured against it (the sweep).
@@ -365,16 +371,19 @@ Measured side by side (variants alternated in one session) on the 2-core AMD EPY
 
 ## What holds the rest back (profiler numbers)
 
-- **Prep at 1e7** (target 1M events/s): `perf record` of the in-memory prep of 1e7 events after the
-  change above: the kernel zeroing fresh anonymous pages (`clear_page_erms`, 16.7% of all CPU
-  samples), zero-filling the output files' pages on first touch (`ext4_mpage_readpages` ->
-  `memset`, 10.4%), `np.save`'s copies into the page cache (`copy_folio_from_iter_atomic`, 14.5%)
-  and fault handling (~3%): 45% of the CPU time is the kernel touching memory, at 1.5-2 s per GiB on
-  this virtual machine; the largest user-side items are Polars' gather in the sort (8%) and
-  `np.lexsort` (3%). It is per byte, not per fault (huge pages: faults 942k -> 107k, kernel time
-  unchanged). What is left is fewer bytes: int32 for the other id arrays (user, item, cat, cohorts,
-  pcode: 88 -> ~48 bytes per event, a change of the prepared format) and fewer Polars -> NumPy
-  copies.
+- **Prep at 1e7** (target 1M events/s): what is left of the kernel time is memory new to the
+  process. This VM's balloon reports free pages to the host, which backs them again on their next first
+  touch: filling 1.2 GB took 0.15 s when the kernel had freed those pages a moment before and 2.4-3.0 s
+  after they sat free for 6 s (`touch_cost` in section 1 measures it in each run: 1.6 vs 0.2 s/GiB),
+  so every GiB the prep allocates costs 1.5-2.5 s of kernel time, whatever the page size (huge pages: faults 942k -> 107k,
+  kernel time unchanged). The prep still allocates ~3.5 GiB (minor faults x page size; peak RSS 3.25
+  GiB: the input frame, its sorted copy, the arrays), i.e. ~6-7 s of its ~13 s; its user CPU is ~10 s
+  on 2 cores (the sort's gather of every column 1.8 s, the fit 0.8 s, the codes). With pages at the
+  reused cost (0.2 s/GiB) the kernel time would be ~6 s less (an estimate: not measurable on this VM,
+  whose balloon cannot be turned off from inside). Left: fewer bytes, which
+  is a change of the prepared format (int32 for the other id arrays: user, item, cat, cohorts, pcode,
+  88 -> ~48 bytes per event; histories derived from `item` at batch time instead of stored, 120 bytes
+  per event).
 - **Training vs torch-rechub** (target 3x at 512 and 2048, 1 and 2 threads): the step itself is
   too slow on this CPU, not what surrounds it. `pl.Trainer.fit` against a raw loop of the same
   module (loss, backward, fused AdamW, batches gathered from the same split), alternated in one
