@@ -15,6 +15,8 @@ written in whole aligned blocks and the file is cut to its exact size at the end
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +46,7 @@ def open_direct(path: Path) -> tuple[int, bool]:
         try:
             return os.open(path, flags | os.O_DIRECT, 0o644), True
         except OSError as err:
-            if err.errno != 22:  # EINVAL: a file system without O_DIRECT; any other error is the caller's
+            if err.errno != errno.EINVAL:  # a file system without O_DIRECT; any other error is the caller's
                 raise
     return os.open(path, flags, 0o644), False
 
@@ -130,11 +132,19 @@ class NpyWriter:
 
 
 def write_all(fd: int, buf: mmap.mmap, length: int) -> None:
-    """``buf[:length]`` written at ``fd``'s position (``os.write`` may write less than asked)."""
+    """``buf[:length]`` written at ``fd``'s position (``os.write`` may write less than asked). A file that took
+    ``O_DIRECT`` at open but refuses its writes (``EINVAL``: a device needing a larger alignment) is switched
+    to ordinary writes."""
     with memoryview(buf) as view:
         done = 0
         while done < length:
-            done += os.write(fd, view[done:length])
+            try:
+                done += os.write(fd, view[done:length])
+            except OSError as err:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                if err.errno != errno.EINVAL or not flags & getattr(os, "O_DIRECT", 0):
+                    raise
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
 
 
 def save(path: str | Path, array: np.ndarray) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 import numpy as np
@@ -66,6 +67,20 @@ def test_a_file_system_without_o_direct_gets_the_same_bytes(tmp_path, monkeypatc
         w.write(array)
         assert not w.direct
     np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), array)
+
+
+def test_a_file_refusing_o_direct_writes_is_written_buffered(tmp_path, monkeypatch, small_stage):
+    real_write = os.write
+
+    def refusing(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", refusing)
+    array = np.arange(10_000, dtype=np.int64).reshape(-1, 4)
+    save(tmp_path / "e.npy", array)
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), array)
 
 
 def test_a_failed_background_write_surfaces_at_finish(tmp_path, monkeypatch):
