@@ -39,8 +39,8 @@ def build_arrays(events: pl.DataFrame, spec: EventSpec, options: PrepOptions, fi
                  ) -> tuple[dict[str, np.ndarray], FittedState, pl.Series, dict]:
     """Every array of the dataset, its fitted state (fitted here on the train split of ``split``, default by
     time, or read from the prepared folder ``fit_from``), the user id of each ``user_key``, and the manifest
-    fields. ``output``: where the arrays are written as they are made (the histories gathered into their
-    files), else they are only returned."""
+    fields. ``output``: where the arrays are written as they are made; the histories are then gathered into
+    their files, and their entries are those files' :class:`data_prep.npy_writer.NpyWriter`, not arrays."""
     validate(events, spec)
     split = split or SplitOptions()
     fitted = load_fitted(fit_from) if fit_from is not None else None
