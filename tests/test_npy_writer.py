@@ -15,8 +15,9 @@ from data_prep.npy_writer import ALIGN, NpyWriter, OutputArrays, save
 
 @pytest.fixture
 def small_stage(monkeypatch):
-    """Staging buffers of two aligned blocks, so a few KiB cross every buffer boundary."""
+    """Staging buffers of two aligned blocks, so a few KiB cross every buffer boundary; every array direct."""
     monkeypatch.setattr(npy_writer, "STAGE", 2 * ALIGN)
+    monkeypatch.setattr(npy_writer, "DIRECT_MIN", 0)
 
 
 @pytest.mark.parametrize("array", [
@@ -32,6 +33,13 @@ def test_save_round_trips_through_numpy(array, tmp_path, small_stage):
     if array.ndim:  # the header is padded to ALIGN bytes, the file cut to its exact size
         assert os.path.getsize(tmp_path / "a.npy") == ALIGN + array.nbytes
         assert np.load(tmp_path / "a.npy", mmap_mode="r").offset == ALIGN
+
+
+def test_small_arrays_are_what_np_save_writes(tmp_path):
+    array = np.arange(1000, dtype=np.float32).reshape(-1, 10)
+    save(tmp_path / "s.npy", array)
+    np.save(tmp_path / "ref.npy", array)
+    assert (tmp_path / "s.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
 
 
 def test_blocks_of_any_size_append_in_order(tmp_path, small_stage):
@@ -83,7 +91,7 @@ def test_a_file_refusing_o_direct_writes_is_written_buffered(tmp_path, monkeypat
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), array)
 
 
-def test_a_failed_background_write_surfaces_at_finish(tmp_path, monkeypatch):
+def test_a_failed_background_write_surfaces_at_finish(tmp_path, monkeypatch, small_stage):
     def full(fd, buf, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -170,6 +170,7 @@ def test_prepare_writes_each_array_once_the_histories_block_by_block(events, spe
                                                              real_write(self, b))[1])
     monkeypatch.setattr(npy_writer, "save", lambda path, arr: (saved.append(Path(path).stem), real_save(path, arr))[1])
     monkeypatch.setattr(sequences, "GATHER_BLOCK", 50)
+    monkeypatch.setattr(npy_writer, "DIRECT_MIN", 0)  # every array direct, as at 1e7 events
     out = prepare(events, spec, tmp_path / "ds", PREP)
     reference = build_arrays(events, spec, PREP)[0]
     hist = [(name, n) for name, n in blocks if name in ("hist_item", "hist_label")]
