@@ -31,6 +31,11 @@ STAGE = 8 << 20  # bytes of the staging buffer (a multiple of ALIGN)
 DIRECT_MIN = 32 << 20
 
 
+def writes_direct(nbytes: int) -> bool:
+    """Whether an array of ``nbytes`` is written with :class:`NpyWriter` (else ``np.save``)."""
+    return nbytes >= DIRECT_MIN
+
+
 def npy_header(shape: tuple, dtype: np.dtype) -> bytes:
     """A format-1.0 ``.npy`` header of exactly :data:`ALIGN` bytes (spaces before its final newline)."""
     meta = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
@@ -154,7 +159,7 @@ def save(path: str | Path, array: np.ndarray) -> None:
     """``array`` as the ``.npy`` file ``path``: from :data:`DIRECT_MIN` bytes with :class:`NpyWriter` (what
     ``np.save`` writes, bar the header's padding), below it with ``np.save``."""
     array = np.asarray(array)
-    if not array.ndim or array.nbytes < DIRECT_MIN:
+    if not array.ndim or not writes_direct(array.nbytes):
         np.save(path, array)
         return
     with NpyWriter(path, array.shape, array.dtype) as w:
@@ -179,7 +184,7 @@ class OutputArrays:
 
     def writer(self, name: str, shape: tuple, dtype) -> NpyWriter | np.ndarray:
         """The file's writer; an array to fill (saved by :meth:`save`) below :data:`DIRECT_MIN` bytes."""
-        if np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) < DIRECT_MIN:
+        if not writes_direct(np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))):
             return np.empty(shape, dtype=dtype)
         self.writers[name] = NpyWriter(self.tmp / f"{name}.npy", shape, dtype)
         return self.writers[name]

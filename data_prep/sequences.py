@@ -47,9 +47,10 @@ def user_runs(users: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 def sort_events(events: pl.DataFrame) -> pl.DataFrame:
     """``events`` sorted by ``(user, ts, _row)``, ``_row`` the input order (added if absent).
 
-    Integer user ids and timestamps sort with one stable ``np.lexsort`` and a single gather (about
-    2.5x faster than the multi-column ``DataFrame.sort``); other id types use Polars. Rows given with
-    ``_row`` must be in ``_row`` order (a partition of the log is).
+    Integer user ids and timestamps sort with one stable NumPy sort and a single gather (about 2.5x faster
+    than the multi-column ``DataFrame.sort``): an ``argsort`` of one int64 key ``(user, ts)`` where their
+    ranges fit, else a ``np.lexsort``; other id types use Polars. Rows given with ``_row`` must be in
+    ``_row`` order (a partition of the log is).
     """
     df = events if "_row" in events.columns else events.with_row_index("_row")
     if df.schema[USER].is_integer() and df.schema[TS].is_integer() and df.height:
@@ -59,7 +60,8 @@ def sort_events(events: pl.DataFrame) -> pl.DataFrame:
         if (int(user.max()) - u0 + 1) * span < 2**63:  # one int64 key (user, ts): a stable argsort of it
             order = np.argsort((user - u0) * span + (ts - t0), kind="stable")  # ~1.5x faster than the lexsort
         else:
-            order = np.lexsort((ts, user))  # stable: ties keep row order
+            order = np.lexsort((ts, user))
+        # both stable: ties keep row order
         return df[order]
     return df.sort([USER, TS, "_row"])
 

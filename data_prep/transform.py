@@ -91,11 +91,11 @@ def cohort_codes(events: pl.DataFrame, n_prior: np.ndarray, fitted: FittedState,
         # a cohort column the candidates do not carry (metrics only) reads as null
         values = events[col].cast(pl.String) if col in events.columns else pl.repeat(None, len(n_prior), dtype=pl.String,
                                                                                       eager=True)
-        code = values.replace_strict(names, list(range(len(names))), default=NO_COHORT, return_dtype=pl.Int64)
-        if values.null_count():  # nulls are the value UNKNOWN (its code, the strings left as they are)
-            code = code.to_frame("c").select(pl.when(values.is_null()).then(
-                names.index(UNKNOWN) if UNKNOWN in names else NO_COHORT).otherwise(pl.col("c"))).to_series()
-        codes.append(code.to_numpy())
+        code = values.replace_strict(names, list(range(len(names))), default=NO_COHORT,
+                                     return_dtype=pl.Int64).to_numpy()
+        if values.null_count():  # nulls are the value UNKNOWN (coded here, not by copying the strings with fill_null)
+            code = np.where(values.is_null().to_numpy(), names.index(UNKNOWN) if UNKNOWN in names else NO_COHORT, code)
+        codes.append(code)
     return np.stack(codes, axis=1) if codes else np.zeros((len(n_prior), 0), dtype=np.int64)
 
 
