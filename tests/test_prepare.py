@@ -540,3 +540,19 @@ def test_prepare_validates(events, spec, tmp_path):
     with pytest.raises(SchemaError, match="click"):
         prepare(bad, spec, tmp_path / "d", PREP)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_null_cohort_value_is_coded_as_unknown(events, spec):
+    """Null cohort values are the value UNKNOWN (a name of its own), the other values keep their codes."""
+    from data_prep.fit import UNKNOWN
+
+    nulls = np.zeros(events.height, dtype=bool)
+    nulls[::7] = True
+    with_nulls = events.with_columns(pl.when(pl.Series(nulls)).then(None).otherwise(pl.col("user_group"))
+                                     .alias("user_group"))
+    arrays, fitted, _, _ = build_arrays(with_nulls, spec, PREP)
+    names = fitted.cohorts["user_group"]
+    col = list(fitted.cohorts).index("user_group")
+    codes = arrays["cohorts"][:, col]
+    assert UNKNOWN in names and (codes == names.index(UNKNOWN)).sum() == nulls.sum()
+    assert set(codes.tolist()) == set(range(len(names)))  # every value, UNKNOWN among them, and no NO_COHORT
