@@ -164,7 +164,8 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
             loss.backward()
             grad = theta.grad.clone()
             dist.all_reduce(grad)  # what DDP does with the backward gradients
-            out.append((grad / world, getattr(weighting, "task_weights", w).clone()))
+            # plain lists: a tensor in the queue is shared through a file descriptor that dies with this process
+            out.append(((grad / world).tolist(), getattr(weighting, "task_weights", w).tolist()))
         queue.put((rank, out))
     finally:
         dist.destroy_process_group()
@@ -184,7 +185,8 @@ def test_weights_under_ddp_use_the_global_gradients():
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
+    results = {rank: [tuple(torch.tensor(x) for x in pair) for pair in out]
+               for rank, out in (queue.get(timeout=60) for _ in procs)}
     for p in procs:
         p.join(timeout=30)
     # global task gradients: mean over ranks of (1 + rank) * c_rank
